@@ -1,0 +1,211 @@
+"""Exact cosine search over one table's vectors, held in memory as unit-length float32 rows.
+
+`Matrix` is an immutable snapshot: writers build the next one (`appended`, `without`,
+`compacted`) and swap a reference, so a search running in a worker thread keeps reading the
+snapshot it started with and never sees half of a batch. The trick that makes snapshots cheap:
+rows live in fixed-size blocks with spare capacity, a new snapshot only ever writes past the end
+an older snapshot can see, and only the small `alive` mask is copied when rows die. Blocks also
+mean the matrix never has to be copied to grow, which keeps peak memory near the raw bytes.
+
+Slots are kept in the order of the SQLite rowids they mirror (rowids only grow, and an upsert
+gets a new rowid), so a sorted `rowids` array maps rowids to slots by binary search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from store.base import Vector
+
+__all__ = ["BLOCK_ROWS", "Matrix", "TopK", "unit_rows"]
+
+BLOCK_ROWS = 16_384
+"""Rows per block: 48 MiB at 768 dimensions, small enough that spare capacity costs little."""
+
+# BLAS float32 scores carry rounding error (typically 1e-7, bounded near 5e-5 at 768-d), and differ for identical rows in
+# different positions. Candidates within this margin of the k-th score are rescored exactly.
+_RESCORE_MARGIN = 1e-4
+
+Int64s = npt.NDArray[np.int64]
+Bools = npt.NDArray[np.bool_]
+
+
+def unit_rows(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Rows scaled to unit length (in float64, then stored as float32)."""
+    wide = vectors.astype(np.float64)
+    norms = np.linalg.norm(wide, axis=1, keepdims=True)
+    return (wide / norms).astype(np.float32)
+
+
+@dataclass(frozen=True, slots=True)
+class TopK:
+    """Search result as slots into a snapshot: rowids and exact scores, best first.
+
+    `rowids` may hold more than k entries when several candidates tie within the rescore
+    margin; the caller orders ties by record id and cuts to k.
+    """
+
+    rowids: Int64s
+    scores: npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class Matrix:
+    """An immutable snapshot of one table's vectors (see the module docstring)."""
+
+    dim: int
+    blocks: tuple[npt.NDArray[np.float32], ...]
+    rowids: Int64s  # capacity-sized; entries [0:n] are valid and strictly increasing
+    alive: Bools  # capacity-sized; copied (never written) when rows die
+    n: int
+    dead: int
+    version: int
+
+    @classmethod
+    def empty(cls, dim: int, version: int = 0) -> Matrix:
+        """A snapshot with no rows."""
+        return cls(dim, (), np.zeros(0, np.int64), np.zeros(0, np.bool_), 0, 0, version)
+
+    @property
+    def live(self) -> int:
+        """Rows that are not deleted."""
+        return self.n - self.dead
+
+    # -- writers ------------------------------------------------------------------------------
+
+    def appended(self, rowids: Int64s, unit: npt.NDArray[np.float32], version: int) -> Matrix:
+        """A snapshot with these rows added; `rowids` must exceed every rowid already held."""
+        m = len(rowids)
+        if m == 0:
+            return self._replace(version=version)
+        if self.n and rowids[0] <= self.rowids[self.n - 1]:
+            raise ValueError("rowids must grow")  # a bug in the caller, not bad input
+        blocks = list(self.blocks)
+        capacity = len(blocks) * BLOCK_ROWS
+        while capacity < self.n + m:
+            blocks.append(np.empty((BLOCK_ROWS, self.dim), np.float32))
+            capacity += BLOCK_ROWS
+        # Write into space no existing snapshot can see (slots >= self.n).
+        start = self.n
+        done = 0
+        while done < m:
+            slot = start + done
+            block, row = divmod(slot, BLOCK_ROWS)
+            take = min(m - done, BLOCK_ROWS - row)
+            blocks[block][row : row + take] = unit[done : done + take]
+            done += take
+        ids = self.rowids
+        alive = self.alive
+        if len(ids) < self.n + m:
+            grown = max(self.n + m, len(ids) * 2, 1024)
+            ids = np.concatenate([ids[: self.n], np.zeros(grown - self.n, np.int64)])
+            alive = np.concatenate([alive[: self.n], np.zeros(grown - self.n, np.bool_)])
+        ids[start : start + m] = rowids
+        alive[start : start + m] = True
+        return Matrix(self.dim, tuple(blocks), ids, alive, self.n + m, self.dead, version)
+
+    def without(self, rowids: Int64s, version: int) -> Matrix:
+        """A snapshot in which these rowids are dead; unknown rowids are ignored."""
+        slots = self.slots_of(rowids)
+        slots = slots[self.alive[slots]]
+        if len(slots) == 0:
+            return self._replace(version=version)
+        alive = self.alive.copy()  # old snapshots keep their mask
+        alive[slots] = False
+        return Matrix(
+            self.dim, self.blocks, self.rowids, alive, self.n, self.dead + len(slots), version
+        )
+
+    def needs_compaction(self) -> bool:
+        """True when dead rows waste enough memory and time to be worth a rebuild."""
+        return self.dead > max(1024, self.n // 4)
+
+    def compacted(self) -> Matrix:
+        """A snapshot holding only the live rows, in fresh blocks. O(n): run it in a thread."""
+        keep = np.flatnonzero(self.alive[: self.n])
+        fresh = Matrix.empty(self.dim, self.version)
+        for start in range(0, len(keep), BLOCK_ROWS):
+            slots = keep[start : start + BLOCK_ROWS]
+            fresh = fresh.appended(self.rowids[slots], self._gather(slots), self.version)
+        return fresh
+
+    def _replace(self, *, version: int) -> Matrix:
+        return Matrix(
+            self.dim, self.blocks, self.rowids, self.alive, self.n, self.dead, version
+        )
+
+    # -- readers ------------------------------------------------------------------------------
+
+    def slots_of(self, rowids: Int64s) -> Int64s:
+        """Slots of the rowids this snapshot holds (alive or not); others are dropped."""
+        held = self.rowids[: self.n]
+        slots = np.searchsorted(held, rowids)
+        inside = slots < self.n
+        slots = slots[inside]
+        return slots[held[slots] == np.asarray(rowids)[inside]].astype(np.int64)
+
+    def _gather(self, slots: Int64s) -> npt.NDArray[np.float32]:
+        out = np.empty((len(slots), self.dim), np.float32)
+        blocks_of = slots // BLOCK_ROWS
+        for block in np.unique(blocks_of):
+            pick = blocks_of == block
+            out[pick] = self.blocks[int(block)][slots[pick] % BLOCK_ROWS]
+        return out
+
+    def _all_scores(self, query: Vector) -> npt.NDArray[np.float32]:
+        scores = np.empty(self.n, np.float32)
+        for index, block in enumerate(self.blocks):
+            start = index * BLOCK_ROWS
+            rows = min(BLOCK_ROWS, self.n - start)
+            if rows <= 0:
+                break
+            np.matmul(block[:rows], query, out=scores[start : start + rows])
+        return scores
+
+    def search(self, query: Vector, k: int, candidates: Int64s | None = None) -> TopK:
+        """The best `k` live rows by cosine similarity to the unit vector `query`.
+
+        `candidates` (rowids) restricts the search to those rows, as a filter does. Runs in
+        the calling thread; it touches no shared mutable state.
+        """
+        if candidates is None:
+            slots = None
+            if self.live == 0:
+                return _empty_topk()
+            scores = self._all_scores(query)
+            if self.dead:
+                scores[~self.alive[: self.n]] = -np.inf
+        else:
+            slots = self.slots_of(candidates)
+            slots = slots[self.alive[slots]]
+            if len(slots) == 0:
+                return _empty_topk()
+            if len(slots) * 4 > self.n:
+                # Many candidates: one pass over all rows beats gathering them.
+                everything = self._all_scores(query)
+                scores = everything[slots]
+            else:
+                scores = self._gather(slots) @ query
+        # Dead rows score -inf in the unfiltered pass and must never be chosen.
+        eligible = self.live if slots is None else len(scores)
+        if k < eligible:
+            top = np.argpartition(-scores, k - 1)[:k]
+            threshold = scores[top].min() - _RESCORE_MARGIN
+            chosen = np.flatnonzero(scores >= threshold)
+        elif slots is None and self.dead:
+            chosen = np.flatnonzero(self.alive[: self.n])
+        else:
+            chosen = np.arange(len(scores))
+        picked = chosen if slots is None else slots[chosen]
+        # Rescore the few survivors exactly: float64, a reduction per row that does not depend
+        # on where the row sits, so identical vectors get identical scores and ties are real.
+        exact = np.sum(self._gather(picked).astype(np.float64) * query.astype(np.float64), axis=1)
+        order = np.argsort(-exact, kind="stable")
+        return TopK(self.rowids[picked[order]], exact[order])
+
+
+def _empty_topk() -> TopK:
+    return TopK(np.zeros(0, np.int64), np.zeros(0, np.float64))

@@ -1,0 +1,569 @@
+"""`SQLiteStore`: the default vector store, one SQLite file searched at memory speed.
+
+Records live in SQLite (WAL, ``synchronous=FULL``, every write ``BEGIN IMMEDIATE``); each
+logical table is an SQL table ``vectors_<name>`` with the embedding as a little-endian float32
+BLOB. Search never reads those BLOBs: each table's vectors are mirrored, unit-length, in a
+`store.matrix.Matrix` loaded on first use and updated after every commit made through this
+store. A filter first selects candidate rowids in SQL; the matrix then ranks exactly those.
+
+Consistency without locking searches out: rowids only grow and an upsert gets a fresh rowid
+(``INSERT OR REPLACE``), so a row with a given rowid never changes. Each table carries a write
+`version`, bumped in the same transaction as the write and stamped on the matrix snapshot
+built from it. A filtered search checks that the candidates it read come from the version of
+its snapshot, and any search whose result rows vanished before it could read them retries on a
+newer snapshot. So a search never sees half of a batch, yet only waits for a writer in those
+rare races.
+
+One process at a time should write a store file: the matrix mirrors only the writes made
+through this object (the daemon holds a single-instance lock for that reason).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sqlite3
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, Self
+
+import aiosqlite
+import anyio
+import numpy as np
+
+from store import filter as filters
+from store.base import (
+    DimensionMismatch,
+    InvalidQuery,
+    Record,
+    ScoredRecord,
+    StoreClosed,
+    StoreError,
+    TableExists,
+    UnknownTable,
+    Vector,
+    as_query_vector,
+    check_dim,
+    check_table_name,
+    check_top_k,
+    tags_from_json,
+    tags_to_json,
+)
+from store.matrix import Matrix, TopK, unit_rows
+
+__all__ = ["SQLiteStore"]
+
+_SQL_CHUNK: Final = 500  # ids per IN (...) list; far below SQLite's variable limit
+_COLUMNS: Final = "id, source_id, source_type, text_chunk, embedding, created_at, tags"
+
+# Ordered, named schema migrations. Each runs once, in its own transaction, and is recorded in
+# `satchel_migrations`; a file that records a name this list lacks was written by a newer
+# Satchel and is refused rather than misread.
+MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
+    (
+        "0001_tables",
+        """
+        CREATE TABLE satchel_tables (
+            name TEXT PRIMARY KEY,
+            dim INTEGER NOT NULL CHECK (dim > 0),
+            version INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL
+        );
+        """,
+    ),
+)
+
+
+def _table_ddl(name: str) -> list[str]:
+    t = f"vectors_{name}"
+    return [
+        f"""CREATE TABLE "{t}" (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            source_id TEXT NOT NULL,
+            source_type TEXT NOT NULL,
+            text_chunk TEXT NOT NULL,
+            embedding BLOB NOT NULL,
+            created_at TEXT NOT NULL,
+            tags TEXT NOT NULL
+        )""",
+        f'CREATE INDEX "{t}_source_id" ON "{t}" (source_id)',
+        f'CREATE INDEX "{t}_source_type" ON "{t}" (source_type)',
+        f'CREATE INDEX "{t}_created_at" ON "{t}" (created_at)',
+    ]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _chunks(items: Sequence[Any], size: int = _SQL_CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _record_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Record:
+    return Record(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        np.frombuffer(row[4], dtype="<f4").astype(np.float32, copy=False),
+        row[5],
+        tags_from_json(row[6]),
+    )
+
+
+@dataclass(slots=True)
+class _Table:
+    name: str
+    dim: int
+    sql: str  # quoted SQL table name
+    matrix: Matrix | None = None  # loaded on first use
+
+
+class SQLiteStore:
+    """A `store.base.VectorStore` in one SQLite file, searched by an in-memory matrix.
+
+    ``async with SQLiteStore(path) as store: ...``. The file and its directory are created if
+    missing. See the module docstring for how searches stay consistent with writes.
+    """
+
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
+        self.path = Path(path)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._tables: dict[str, _Table] = {}
+        self._write_lock = anyio.Lock()
+        self._load_lock = anyio.Lock()
+        self._compute = anyio.CapacityLimiter(2)
+        self._closed = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        """Open the file, apply pending schema migrations and read the table list."""
+        if self._closed:
+            raise StoreClosed("SQLite store")
+        if self._writer is not None:
+            return
+        with self._errors():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = await self._connect()
+            try:
+                await self._migrate(self._writer)
+                self._reader = await self._connect()
+                async with self._reader.execute("SELECT name, dim FROM satchel_tables") as cur:
+                    for name, dim in await cur.fetchall():
+                        self._tables[name] = _Table(name, dim, f'"vectors_{name}"')
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self._close_connections()
+                raise
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        # The connection thread must not keep the interpreter alive at exit.
+        conn.daemon = True
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            await conn.execute("PRAGMA journal_mode = WAL")
+            await conn.execute("PRAGMA synchronous = FULL")
+            # LIKE is case-sensitive, as it is on LanceDB (see store.filter).
+            await conn.execute("PRAGMA case_sensitive_like = ON")
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS satchel_migrations "
+                "(name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+            )
+            async with conn.execute("SELECT name FROM satchel_migrations") as cur:
+                applied = {row[0] for row in await cur.fetchall()}
+            known = {name for name, _ in MIGRATIONS}
+            if unknown := applied - known:
+                raise StoreError(
+                    f"{self.path}: written by a newer Satchel (schema migrations "
+                    f"{', '.join(sorted(unknown))} are unknown to this version)"
+                )
+            for name, script in MIGRATIONS:
+                if name in applied:
+                    continue
+                for statement in filter(str.strip, script.split(";")):
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO satchel_migrations (name, applied_at) VALUES (?, ?)",
+                    (name, _now()),
+                )
+            await conn.execute("COMMIT")
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+
+    async def aclose(self) -> None:
+        """Close both connections; idempotent. Waits for a write in progress to finish."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            async with self._write_lock:
+                await self._close_connections()
+        self._tables.clear()
+
+    async def _close_connections(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+        self._reader = self._writer = None
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Translate SQLite's errors into StoreError, chained; let ours and bugs through."""
+        try:
+            yield
+        except StoreError:
+            raise
+        except (sqlite3.Error, OSError) as exc:
+            if self._closed:
+                raise StoreClosed("SQLite store") from exc
+            raise StoreError(f"{self.path}: {exc}") from exc
+        except ValueError as exc:
+            # aiosqlite raises ValueError("no active connection") once closed.
+            if self._closed or "no active connection" in str(exc):
+                raise StoreClosed("SQLite store") from exc
+            raise
+
+    def _conns(self) -> tuple[aiosqlite.Connection, aiosqlite.Connection]:
+        if self._closed or self._writer is None or self._reader is None:
+            raise StoreClosed("SQLite store")
+        return self._writer, self._reader
+
+    def _table(self, name: str) -> _Table:
+        self._conns()
+        check_table_name(name)
+        table = self._tables.get(name)
+        if table is None:
+            raise UnknownTable(name)
+        return table
+
+    async def _matrix(self, table: _Table) -> Matrix:
+        """The table's current snapshot, loading it from SQLite on first use."""
+        if table.matrix is not None:
+            return table.matrix
+        async with self._load_lock, self._write_lock:  # no write may land mid-load
+            if table.matrix is None:
+                table.matrix = await self._load(table)
+        return table.matrix
+
+    async def _load(self, table: _Table) -> Matrix:
+        _, reader = self._conns()
+        matrix = Matrix.empty(table.dim)
+        async with reader.execute(
+            "SELECT version FROM satchel_tables WHERE name = ?", (table.name,)
+        ) as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        async with reader.execute(f"SELECT seq, embedding FROM {table.sql} ORDER BY seq") as cur:
+            cur.arraysize = 4096
+            while rows := await cur.fetchmany(4096):
+                rowids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+                raw = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4")
+                vectors = raw.reshape(len(rows), table.dim).astype(np.float32, copy=False)
+                matrix = await anyio.to_thread.run_sync(
+                    matrix.appended, rowids, unit_rows(vectors), version, limiter=self._compute
+                )
+        return Matrix(
+            matrix.dim, matrix.blocks, matrix.rowids, matrix.alive, matrix.n, 0, version
+        )
+
+    async def _bump_version(self, writer: aiosqlite.Connection, table: _Table) -> int:
+        async with writer.execute(
+            "UPDATE satchel_tables SET version = version + 1 WHERE name = ? RETURNING version",
+            (table.name,),
+        ) as cur:
+            row = await cur.fetchone()
+        assert row is not None  # the table row exists while the table does
+        return int(row[0])
+
+    async def _after_write(self, table: _Table, matrix: Matrix) -> None:
+        if matrix.needs_compaction():
+            matrix = await anyio.to_thread.run_sync(matrix.compacted, limiter=self._compute)
+        table.matrix = matrix
+
+    # -- the contract -------------------------------------------------------------------------
+
+    async def create_table(self, name: str, *, dim: int) -> None:
+        """See `VectorStore.create_table`."""
+        writer, _ = self._conns()
+        check_table_name(name)
+        check_dim(dim)
+        with self._errors(), anyio.CancelScope(shield=True):
+            async with self._write_lock:
+                if name in self._tables:
+                    raise TableExists(name, self._tables[name].dim)
+                await writer.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in _table_ddl(name):
+                        await writer.execute(statement)
+                    await writer.execute(
+                        "INSERT INTO satchel_tables (name, dim, created_at) VALUES (?, ?, ?)",
+                        (name, dim, _now()),
+                    )
+                    await writer.execute("COMMIT")
+                except BaseException:
+                    await writer.execute("ROLLBACK")
+                    raise
+                self._tables[name] = _Table(name, dim, f'"vectors_{name}"', Matrix.empty(dim))
+
+    async def insert(self, table: str, records: Sequence[Record]) -> None:
+        """See `VectorStore.insert`."""
+        t = self._table(table)
+        latest: dict[str, Record] = {}
+        for record in records:
+            if not isinstance(record, Record):
+                raise TypeError(f"insert() takes Records, got {type(record).__name__}")
+            if record.dim != t.dim:
+                raise DimensionMismatch(table, t.dim, record.dim, what=f"record {record.id!r}")
+            latest.pop(record.id, None)  # a repeated id keeps its last record, in last place
+            latest[record.id] = record
+        if not latest:
+            return
+        batch = list(latest.values())
+        unit = await anyio.to_thread.run_sync(
+            unit_rows, np.stack([r.embedding for r in batch]), limiter=self._compute
+        )
+        rows = [
+            (
+                r.id,
+                r.source_id,
+                r.source_type,
+                r.text_chunk,
+                r.embedding.astype("<f4", copy=False).tobytes(),
+                r.created_at,
+                tags_to_json(r.tags),
+            )
+            for r in batch
+        ]
+        matrix = await self._matrix(t)
+        writer, _ = self._conns()
+        # Shielded: once BEGIN is sent, the transaction and the matrix update finish together.
+        with self._errors(), anyio.CancelScope(shield=True):
+            async with self._write_lock:
+                matrix = t.matrix or matrix  # the newest snapshot, now that writers wait
+                await writer.execute("BEGIN IMMEDIATE")
+                try:
+                    replaced: list[int] = []
+                    for ids in _chunks([r.id for r in batch]):
+                        marks = ",".join("?" * len(ids))
+                        async with writer.execute(
+                            f"SELECT seq FROM {t.sql} WHERE id IN ({marks})", ids
+                        ) as cur:
+                            replaced.extend(row[0] for row in await cur.fetchall())
+                    async with writer.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {t.sql}") as cur:
+                        before = (await cur.fetchone() or (0,))[0]
+                    await writer.executemany(
+                        f"INSERT OR REPLACE INTO {t.sql} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        rows,
+                    )
+                    async with writer.execute(
+                        f"SELECT seq FROM {t.sql} WHERE seq > ? ORDER BY seq", (before,)
+                    ) as cur:
+                        fresh = np.array([row[0] for row in await cur.fetchall()], np.int64)
+                    if len(fresh) != len(batch):
+                        raise StoreError(
+                            f"{self.path}: table {table!r}: expected {len(batch)} new rows, "
+                            f"found {len(fresh)} (was the file written by another process?)"
+                        )
+                    version = await self._bump_version(writer, t)
+                    await writer.execute("COMMIT")
+                except BaseException:
+                    await writer.execute("ROLLBACK")
+                    raise
+                if replaced:
+                    matrix = matrix.without(np.array(replaced, np.int64), version)
+                matrix = matrix.appended(fresh, unit, version)
+                await self._after_write(t, matrix)
+
+    async def search(
+        self, table: str, vector: Sequence[float] | Vector, top_k: int, filter: str | None = None
+    ) -> list[ScoredRecord]:
+        """See `VectorStore.search`."""
+        t = self._table(table)
+        query = as_query_vector(table, t.dim, vector)
+        k = check_top_k(top_k)
+        where: tuple[str, list[str]] | None = None
+        if filter is not None:
+            where = filters.to_sqlite(filters.parse(filter))
+        with self._errors():
+            for _ in range(3):
+                result = await self._search_once(t, query, k, where)
+                if result is not None:
+                    return result
+                # A writer removed rows we ranked; its snapshot lands once it lets go.
+                async with self._write_lock:
+                    pass
+            async with self._write_lock:  # no writer can move under us now
+                result = await self._search_once(t, query, k, where)
+            if result is None:
+                raise StoreError(f"table {table!r}: search could not settle on a snapshot")
+            return result
+
+    async def _search_once(
+        self, t: _Table, query: Vector, k: int, where: tuple[str, list[str]] | None
+    ) -> list[ScoredRecord] | None:
+        """One attempt; None when a concurrent write invalidated what it read."""
+        matrix = await self._matrix(t)
+        _, reader = self._conns()
+        candidates = None
+        if where is not None:
+            sql, params = where
+            async with reader.execute(
+                f"SELECT (SELECT version FROM satchel_tables WHERE name = ?), seq "
+                f"FROM {t.sql} WHERE {sql}",
+                [t.name, *params],
+            ) as cur:
+                rows = await cur.fetchall()
+            if not rows:
+                return []
+            if rows[0][0] != matrix.version:
+                return None
+            candidates = np.fromiter((r[1] for r in rows), np.int64, len(rows))
+            candidates.sort()
+        if matrix.live == 0:
+            return []
+        top = await anyio.to_thread.run_sync(
+            matrix.search, query, k, candidates, limiter=self._compute
+        )
+        return await self._fetch_ranked(t, top, k)
+
+    async def _fetch_ranked(self, t: _Table, top: TopK, k: int) -> list[ScoredRecord] | None:
+        _, reader = self._conns()
+        by_rowid: dict[int, Record] = {}
+        for seqs in _chunks(top.rowids.tolist()):
+            marks = ",".join("?" * len(seqs))
+            async with reader.execute(
+                f"SELECT seq, {_COLUMNS} FROM {t.sql} WHERE seq IN ({marks})", seqs
+            ) as cur:
+                for row in await cur.fetchall():
+                    by_rowid[row[0]] = _record_from_row(row[1:])
+        if len(by_rowid) != len(top.rowids):
+            return None
+        ranked = sorted(
+            zip(top.scores.tolist(), top.rowids.tolist(), strict=True),
+            key=lambda pair: (-pair[0], by_rowid[pair[1]].id),
+        )
+        return [by_rowid[seq].with_score(_clamp(score)) for score, seq in ranked[:k]]
+
+    async def get_by_ids(self, table: str, ids: Sequence[str]) -> list[Record]:
+        """See `VectorStore.get_by_ids`."""
+        t = self._table(table)
+        if isinstance(ids, str):
+            raise TypeError("get_by_ids() takes a sequence of ids, not one string")
+        wanted = list(dict.fromkeys(ids))
+        _, reader = self._conns()
+        found: dict[str, Record] = {}
+        with self._errors():
+            for chunk in _chunks(wanted):
+                marks = ",".join("?" * len(chunk))
+                async with reader.execute(
+                    f"SELECT {_COLUMNS} FROM {t.sql} WHERE id IN ({marks})", chunk
+                ) as cur:
+                    for row in await cur.fetchall():
+                        found[row[0]] = _record_from_row(row)
+        return [found[i] for i in wanted if i in found]
+
+    async def delete(self, table: str, id: str) -> bool:
+        """See `VectorStore.delete`."""
+        if not isinstance(id, str):
+            raise TypeError(f"delete() takes one id string, got {type(id).__name__}")
+        return await self._delete(table, "id = ?", [id]) > 0
+
+    async def delete_where(self, table: str, filter: str) -> int:
+        """See `VectorStore.delete_where`."""
+        self._table(table)
+        sql, params = filters.to_sqlite(filters.parse(filter))
+        return await self._delete(table, sql, params)
+
+    async def _delete(self, table: str, where: str, params: list[str]) -> int:
+        t = self._table(table)
+        matrix = await self._matrix(t)
+        writer, _ = self._conns()
+        with self._errors(), anyio.CancelScope(shield=True):
+            async with self._write_lock:
+                matrix = t.matrix or matrix
+                await writer.execute("BEGIN IMMEDIATE")
+                try:
+                    async with writer.execute(
+                        f"DELETE FROM {t.sql} WHERE {where} RETURNING seq", params
+                    ) as cur:
+                        gone = np.array([row[0] for row in await cur.fetchall()], np.int64)
+                    if len(gone) == 0:
+                        await writer.execute("ROLLBACK")
+                        return 0
+                    version = await self._bump_version(writer, t)
+                    await writer.execute("COMMIT")
+                except BaseException:
+                    if writer.in_transaction:
+                        await writer.execute("ROLLBACK")
+                    raise
+                gone.sort()
+                await self._after_write(t, matrix.without(gone, version))
+                return len(gone)
+
+    async def export_all(
+        self, table: str, *, batch_size: int = 1000
+    ) -> AsyncIterator[list[Record]]:
+        """See `VectorStore.export_all`. Keyset pagination by id: each batch is one query."""
+        t = self._table(table)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidQuery(f"batch_size: expected a positive integer, got {batch_size!r}")
+        after: str | None = None
+        while True:
+            _, reader = self._conns()
+            with self._errors():
+                if after is None:
+                    sql, args = f"SELECT {_COLUMNS} FROM {t.sql} ORDER BY id LIMIT ?", [batch_size]
+                else:
+                    sql = f"SELECT {_COLUMNS} FROM {t.sql} WHERE id > ? ORDER BY id LIMIT ?"
+                    args = [after, batch_size]
+                async with reader.execute(sql, args) as cur:
+                    rows = await cur.fetchall()
+            if not rows:
+                return
+            batch = [_record_from_row(row) for row in rows]
+            after = batch[-1].id
+            yield batch
+            if len(rows) < batch_size:
+                return
+
+    async def count(self, table: str) -> int:
+        """See `VectorStore.count`."""
+        t = self._table(table)
+        _, reader = self._conns()
+        with self._errors():
+            async with reader.execute(f"SELECT COUNT(*) FROM {t.sql}") as cur:
+                row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+
+def _clamp(score: float) -> float:
+    # Unit vectors in float32 can give a cosine a hair outside [-1, 1].
+    return min(1.0, max(-1.0, score)) if math.isfinite(score) else score

@@ -1,0 +1,85 @@
+"""The store implementations the conformance suite runs against, and record helpers.
+
+Each implementation is a factory that opens a store on a directory; opening the same directory
+again must show the same data (the reopen tests rely on it). Later backends (LanceStore, the
+HTTP client in front of the sidecar) join by adding a factory here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from store.base import Record, VectorStore
+from store.sqlite import SQLiteStore
+
+StoreOpener = Callable[[Path], AbstractAsyncContextManager[VectorStore]]
+
+
+@asynccontextmanager
+async def open_sqlite(directory: Path) -> AsyncIterator[VectorStore]:
+    async with SQLiteStore(directory / "vectors.db") as store:
+        yield store
+
+
+OPENERS: dict[str, StoreOpener] = {"sqlite": open_sqlite}
+
+
+@pytest.fixture(params=sorted(OPENERS))
+def opener(request: pytest.FixtureRequest) -> StoreOpener:
+    """How to open a store of each implementation on a directory."""
+    return OPENERS[request.param]
+
+
+@pytest.fixture
+async def store(opener: StoreOpener, tmp_path: Path) -> AsyncIterator[VectorStore]:
+    """A freshly opened, empty store of each implementation."""
+    async with opener(tmp_path) as s:
+        yield s
+
+
+def record(
+    id: str,
+    vector: Sequence[float] | np.ndarray,
+    *,
+    source_id: str = "src",
+    source_type: str = "page",
+    text: str | None = None,
+    created_at: str = "2024-05-01T12:00:00Z",
+    tags: Sequence[str] = (),
+) -> Record:
+    """A record with sensible defaults for the fields a test does not care about."""
+    return Record(
+        id=id,
+        source_id=source_id,
+        source_type=source_type,
+        text_chunk=f"text of {id}" if text is None else text,
+        embedding=np.asarray(vector, np.float32),
+        created_at=created_at,
+        tags=list(tags),
+    )
+
+
+def random_records(
+    n: int, dim: int, *, seed: int = 0, prefix: str = "r"
+) -> list[Record]:
+    """`n` records with random vectors and metadata spread over a few values per column."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    kinds = ["page", "feed", "note"]
+    return [
+        record(
+            f"{prefix}{i:06d}",
+            vectors[i],
+            source_id=f"source-{i % 7}",
+            source_type=kinds[i % 3],
+            text=f"chunk {i} ünïcødé 文字 {'even' if i % 2 == 0 else 'odd'}",
+            created_at=f"2024-{1 + i % 12:02d}-{1 + i % 28:02d}T{i % 24:02d}:00:00Z",
+            tags=[f"t{i % 5}", *(["rust"] if i % 4 == 0 else [])],
+        )
+        for i in range(n)
+    ]
