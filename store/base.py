@@ -8,6 +8,7 @@ built, so a bad record is refused before it reaches any backend.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -33,6 +34,7 @@ __all__ = [
     "TableExists",
     "UnknownTable",
     "Vector",
+    "VectorLike",
     "VectorStore",
     "as_query_vector",
     "check_dim",
@@ -43,6 +45,8 @@ __all__ = [
 ]
 
 Vector = npt.NDArray[np.float32]
+VectorLike = Sequence[float] | npt.NDArray[np.floating[Any]]
+"""What a search accepts as its query: any 1-D float array or sequence of numbers."""
 
 MAX_DIM = 65_536
 """Largest dimension a table may have; real embedding models stay far below it."""
@@ -133,6 +137,7 @@ class StoreClosed(StoreError, RuntimeError):  # noqa: N818
 # Records.
 
 
+@functools.lru_cache(maxsize=4096)  # a batch's records usually share a few timestamps
 def normalize_timestamp(value: str) -> str:
     """Return an RFC 3339 timestamp as UTC with millisecond precision: ``2024-05-01T12:00:00.000Z``.
 
@@ -157,9 +162,12 @@ def normalize_timestamp(value: str) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+_TAGS_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def tags_to_json(tags: Sequence[str]) -> str:
     """Encode tags the one way every backend stores them: a compact JSON array."""
-    return json.dumps(list(tags), ensure_ascii=False, separators=(",", ":"))
+    return _TAGS_ENCODER.encode(list(tags))
 
 
 def tags_from_json(text: str) -> list[str]:
@@ -256,18 +264,49 @@ class Record:
 
     __hash__ = None  # type: ignore[assignment]  # mutable tags: not hashable
 
+    @classmethod
+    def from_storage(
+        cls,
+        *,
+        id: str,
+        source_id: str,
+        source_type: str,
+        text_chunk: str,
+        embedding: Vector,
+        created_at: str,
+        tags: list[str],
+    ) -> Self:
+        """Rebuild a record that a store validated on the way in, without validating again.
+
+        Only for a backend's own reads: the fields must already be in their normalised form
+        (`embedding` a read-only 1-D float32 array, `created_at` normalised).
+        """
+        self = object.__new__(cls)
+        for name, value in (
+            ("id", id),
+            ("source_id", source_id),
+            ("source_type", source_type),
+            ("text_chunk", text_chunk),
+            ("embedding", embedding),
+            ("created_at", created_at),
+            ("tags", tags),
+        ):
+            object.__setattr__(self, name, value)
+        return self
+
     def with_score(self, score: float) -> ScoredRecord:
-        """This record as a search result."""
-        return ScoredRecord(
-            self.id,
-            self.source_id,
-            self.source_type,
-            self.text_chunk,
-            self.embedding,
-            self.created_at,
-            self.tags,
-            score=score,
+        """This record as a search result (no revalidation: this record is valid already)."""
+        scored = ScoredRecord.from_storage(
+            id=self.id,
+            source_id=self.source_id,
+            source_type=self.source_type,
+            text_chunk=self.text_chunk,
+            embedding=self.embedding,
+            created_at=self.created_at,
+            tags=self.tags,
         )
+        object.__setattr__(scored, "score", score)
+        return scored
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -281,18 +320,18 @@ class ScoredRecord(Record):
             return NotImplemented
         return self.same_as(other) and self.score == other.score
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None
 
     def record(self) -> Record:
         """The plain record, without its score."""
-        return Record(
-            self.id,
-            self.source_id,
-            self.source_type,
-            self.text_chunk,
-            self.embedding,
-            self.created_at,
-            self.tags,
+        return Record.from_storage(
+            id=self.id,
+            source_id=self.source_id,
+            source_type=self.source_type,
+            text_chunk=self.text_chunk,
+            embedding=self.embedding,
+            created_at=self.created_at,
+            tags=self.tags,
         )
 
 
@@ -384,7 +423,7 @@ class VectorStore(Protocol):
         ...
 
     async def search(
-        self, table: str, vector: Sequence[float] | Vector, top_k: int, filter: str | None = None
+        self, table: str, vector: VectorLike, top_k: int, filter: str | None = None
     ) -> list[ScoredRecord]:
         """The `top_k` records most similar to `vector` by cosine similarity.
 

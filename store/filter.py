@@ -195,7 +195,7 @@ def _tokenize(text: str) -> list[_Token]:
             word = text[start:i]
             upper = word.upper()
             tokens.append(_Token("word", upper if upper in _KEYWORDS else word, start))
-        elif ch in "\"`":
+        elif ch in '"`':
             raise InvalidFilter(
                 text, i, "strings are written in single quotes ('...'); columns are bare names"
             )
@@ -229,13 +229,18 @@ class _Parser:
         found = "the end of the filter" if tok.kind == "end" else _describe(tok)
         return InvalidFilter(self.text, tok.pos, f"expected {expected}, found {found}")
 
+    def at(self, kind: str) -> bool:
+        # A method rather than `self.token.kind == ...` inline: mypy would narrow the property
+        # and then believe the token cannot change after advancing.
+        return self.token.kind == kind
+
     def advance(self) -> _Token:
         tok = self.token
         self.index += 1
         return tok
 
     def is_keyword(self, keyword: str) -> bool:
-        return self.token.kind == "word" and self.token.text == keyword
+        return self.at("word") and self.token.text == keyword
 
     def expect_keyword(self, keyword: str) -> None:
         if not self.is_keyword(keyword):
@@ -243,15 +248,15 @@ class _Parser:
         self.index += 1
 
     def expect_string(self, what: str) -> str:
-        if self.token.kind != "string":
+        if not self.at("string"):
             raise self.fail(what)
         return self.advance().text
 
     def parse(self) -> FilterNode:
-        if self.token.kind == "end":
+        if self.at("end"):
             raise self.fail("a condition such as source_type = 'feed'")
         node = self.expr()
-        if self.token.kind != "end":
+        if not self.at("end"):
             raise self.fail("AND, OR or the end of the filter")
         return node
 
@@ -272,17 +277,15 @@ class _Parser:
     def not_expr(self) -> FilterNode:
         self.depth += 1
         if self.depth > MAX_DEPTH:
-            raise InvalidFilter(
-                self.text, self.token.pos, f"nested deeper than {MAX_DEPTH} levels"
-            )
+            raise InvalidFilter(self.text, self.token.pos, f"nested deeper than {MAX_DEPTH} levels")
         try:
             if self.is_keyword("NOT"):
                 self.index += 1
                 return Not(self.not_expr())
-            if self.token.kind == "(":
+            if self.at("("):
                 self.index += 1
                 node = self.expr()
-                if self.token.kind != ")":
+                if not self.at(")"):
                     raise self.fail("')', AND or OR")
                 self.index += 1
                 return node
@@ -343,18 +346,18 @@ class _Parser:
         raise self.fail(f"an operator after {col_tok.text!r}: = != < <= > >= IN LIKE IS")
 
     def string_list(self) -> tuple[str, ...]:
-        if self.token.kind != "(":
+        if not self.at("("):
             raise self.fail("'(' to open the IN list")
         self.index += 1
         values = [self.expect_string("a string in single quotes")]
-        while self.token.kind == ",":
+        while self.at(","):
             self.index += 1
             values.append(self.expect_string("a string in single quotes"))
             if len(values) > MAX_LIST:
                 raise InvalidFilter(
                     self.text, self.token.pos, f"an IN list may hold at most {MAX_LIST} values"
                 )
-        if self.token.kind != ")":
+        if not self.at(")"):
             raise self.fail("',' or ')' in the IN list")
         self.index += 1
         return tuple(values)
@@ -391,6 +394,9 @@ def parse(text: str) -> FilterNode:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise InvalidFilter(text, exc.start, "not valid Unicode text") from None
+    if "\x00" in text:
+        # SQLite's LIKE stops at NUL; refusing it keeps the backends in agreement.
+        raise InvalidFilter(text, text.index("\x00"), "NUL characters are not allowed")
     return _Parser(text).parse()
 
 
@@ -450,7 +456,7 @@ def to_sqlite(node: FilterNode, *, tags_column: str = "tags") -> tuple[str, list
                 return f'"{column}" {"NOT IN" if negated else "IN"} ({marks})'
             case Like(column, pattern, negated):
                 params.append(pattern)
-                return f'"{column}" {"NOT LIKE" if negated else "LIKE"} ? ESCAPE \'\\\''
+                return f"\"{column}\" {'NOT LIKE' if negated else 'LIKE'} ? ESCAPE '\\'"
             case IsNull(column, negated):
                 return f'"{column}" IS {"NOT NULL" if negated else "NULL"}'
             case Contains(tag):
@@ -469,9 +475,7 @@ def to_sqlite(node: FilterNode, *, tags_column: str = "tags") -> tuple[str, list
 
 def _lance_string(value: str) -> str:
     # DataFusion string literals are standard SQL: only the quote needs doubling; backslashes
-    # are literal. NUL cannot appear inside a literal, so refuse it rather than truncate.
-    if "\x00" in value:
-        raise InvalidFilter(value, value.index("\x00"), "NUL characters cannot be matched")
+    # are literal. (parse() has already refused NUL.)
     return "'" + value.replace("'", "''") + "'"
 
 

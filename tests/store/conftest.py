@@ -64,9 +64,7 @@ def record(
     )
 
 
-def random_records(
-    n: int, dim: int, *, seed: int = 0, prefix: str = "r"
-) -> list[Record]:
+def random_records(n: int, dim: int, *, seed: int = 0, prefix: str = "r") -> list[Record]:
     """`n` records with random vectors and metadata spread over a few values per column."""
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((n, dim)).astype(np.float32)

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from store.base import Record, ScoredRecord
+from store.base import Record, ScoredRecord, VectorLike
 from store.filter import And, Compare, Contains, FilterNode, In, IsNull, Like, Not, Or
 
 
@@ -33,7 +33,7 @@ def matches(node: FilterNode, record: Record) -> bool:
     """Whether `record` satisfies the filter tree, by the language's documented meaning."""
     match node:
         case Compare(column, op, value):
-            field = getattr(record, column)
+            field: str = getattr(record, column)
             return {
                 "=": field == value,
                 "!=": field != value,
@@ -60,7 +60,7 @@ def matches(node: FilterNode, record: Record) -> bool:
 
 
 def exact_search(
-    records: Iterable[Record], query: Sequence[float], top_k: int
+    records: Iterable[Record], query: VectorLike, top_k: int
 ) -> list[tuple[str, float]]:
     """(id, cosine) of the top_k records, by brute force in float64; ties by id."""
     q = np.asarray(query, np.float64)

@@ -1,0 +1,1 @@
+"""Benchmarks with their targets; run each file as a script (see its docstring)."""
