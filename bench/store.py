@@ -133,6 +133,46 @@ async def measure_store(path: Path, data: F32, queries: F32, result: SizeResult)
         result.figures["recall_at_10"] = hits / (TOP_K * len(queries))
 
 
+def measure_raw_sqlite_insert(directory: Path, data: F32, result: SizeResult) -> None:
+    """The engine's own ceiling: sqlite3 inserting the same rows into the same schema, with the
+    same pragmas, and nothing else (no normalising, no matrix, no rowid bookkeeping)."""
+    conn = sqlite3.connect(directory / "raw.db", isolation_level=None)
+    for pragma in ("page_size = 16384", "journal_mode = WAL", "synchronous = FULL"):
+        conn.execute(f"PRAGMA {pragma}")
+    conn.execute(
+        "CREATE TABLE t (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, "
+        "source_id TEXT NOT NULL, source_type TEXT NOT NULL, text_chunk TEXT NOT NULL, "
+        "embedding BLOB NOT NULL, created_at TEXT NOT NULL, tags TEXT NOT NULL)"
+    )
+    for column in ("source_id", "source_type", "created_at"):
+        conn.execute(f"CREATE INDEX t_{column} ON t ({column})")
+    spent = 0.0
+    for start in range(0, len(data), BATCH):
+        rows = [
+            (
+                r.id,
+                r.source_id,
+                r.source_type,
+                r.text_chunk,
+                r.embedding.tobytes(),
+                r.created_at,
+                '["bench"]',
+            )
+            for r in records(data, start, min(len(data), start + BATCH))
+        ]
+        t0 = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(
+            "INSERT OR REPLACE INTO t (id, source_id, source_type, text_chunk, "
+            "embedding, created_at, tags) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        conn.execute("COMMIT")
+        spent += time.perf_counter() - t0
+    conn.close()
+    result.figures["raw_sqlite_insert_rows_s"] = len(data) / spent
+
+
 def measure_bandwidth_bound(data: F32, queries: F32, result: SizeResult) -> None:
     samples = []
     for q in queries:
@@ -276,6 +316,14 @@ def targets() -> list[Target]:
     def value(key: str, unit: str, target: str, ok: Callable[[float], bool]) -> Any:
         return lambda f: (_fmt(f.get(key), unit), target, ok(f[key]) if key in f else None)
 
+    def insert(f: dict[str, float]) -> tuple[str, str, bool | None]:
+        rate = f["insert_rows_s"]
+        shown = f"{rate:,.0f} rows/s"
+        if "raw_sqlite_insert_rows_s" in f:
+            raw = f["raw_sqlite_insert_rows_s"]
+            shown += f" = {rate / raw:.0%} of raw sqlite3 ({raw:,.0f})"
+        return shown, "≥ 20,000 rows/s", rate >= 20_000
+
     def rss(f: dict[str, float]) -> tuple[str, str, bool | None]:
         r = f["peak_rss_mb"] / f["raw_mb"]
         shown = f"{f['peak_rss_mb']:,.0f} MB = {r:.2f}× raw ({f['raw_mb']:,.0f} MB)"
@@ -293,11 +341,7 @@ def targets() -> list[Target]:
             100_000,
             value("filtered_p50_ms", "ms", "≤ 5 ms", lambda v: v <= 5),
         ),
-        Target(
-            "insert throughput (batches of 1,000)",
-            None,
-            value("insert_rows_s", "rows/s", "≥ 20,000 rows/s", lambda v: v >= 20_000),
-        ),
+        Target("insert throughput (batches of 1,000)", None, insert),
         Target(
             "open + first search",
             100_000,
@@ -350,6 +394,8 @@ def run(sizes: list[int], dim: int, queries_n: int, workdir: Path) -> list[SizeR
         print("   store: insert and search", flush=True)
         anyio.run(measure_store, path, data, queries, result)
         measure_bandwidth_bound(data, queries, result)
+        print("   peer: raw sqlite3 insert into the same schema", flush=True)
+        measure_raw_sqlite_insert(directory, data, result)
         print("   open + first search, peak RSS (child process)", flush=True)
         measure_open(path, dim, queries[0], result)
         if n <= 100_000:

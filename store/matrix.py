@@ -13,6 +13,7 @@ gets a new rowid), so a sorted `rowids` array maps rowids to slots by binary sea
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -148,11 +149,13 @@ class Matrix:
         return found
 
     def _gather(self, slots: Int64s) -> npt.NDArray[np.float32]:
+        """The rows at `slots`, which must be sorted (slots_of and flatnonzero give them so)."""
         out = np.empty((len(slots), self.dim), np.float32)
-        blocks_of = slots // BLOCK_ROWS
-        for block in np.unique(blocks_of):
-            pick = blocks_of == block
-            out[pick] = self.blocks[int(block)][slots[pick] % BLOCK_ROWS]
+        bounds = np.searchsorted(slots, np.arange(len(self.blocks) + 1) * BLOCK_ROWS)
+        for block, (start, stop) in enumerate(itertools.pairwise(bounds)):
+            if start < stop:
+                rows = slots[start:stop] - block * BLOCK_ROWS
+                np.take(self.blocks[block], rows, axis=0, out=out[start:stop])
         return out
 
     def _all_scores(self, query: Vector) -> npt.NDArray[np.float32]:
@@ -179,7 +182,7 @@ class Matrix:
             if self.dead:
                 scores[~self.alive[: self.n]] = -np.inf
         else:
-            slots = self.slots_of(candidates)
+            slots = self.slots_of(np.sort(candidates))  # sorted rowids give sorted slots
             slots = slots[self.alive[slots]]
             if len(slots) == 0:
                 return _empty_topk()

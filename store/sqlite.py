@@ -290,6 +290,14 @@ class SQLiteStore:
             _load_matrix, self.path, table.name, table.dim, limiter=self._compute
         )
 
+    async def _sequence(self, writer: aiosqlite.Connection, t: _Table) -> int:
+        """The largest rowid the table has ever used (AUTOINCREMENT's high-water mark)."""
+        async with writer.execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = ?", (f"vectors_{t.name}",)
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
     async def _bump_version(self, writer: aiosqlite.Connection, table: _Table) -> int:
         async with writer.execute(
             "UPDATE satchel_tables SET version = version + 1 WHERE name = ? RETURNING version",
@@ -343,9 +351,6 @@ class SQLiteStore:
         if not latest:
             return
         batch = list(latest.values())
-        unit = await anyio.to_thread.run_sync(
-            unit_rows, np.stack([r.embedding for r in batch]), limiter=self._compute
-        )
         rows = [
             (
                 r.id,
@@ -358,45 +363,61 @@ class SQLiteStore:
             )
             for r in batch
         ]
-        matrix = await self._matrix(t)
+        stacked = np.stack([r.embedding for r in batch])
+        unit: list[np.ndarray[Any, np.dtype[np.float32]]] = []
+
+        async def normalise() -> None:
+            unit.append(await anyio.to_thread.run_sync(unit_rows, stacked, limiter=self._compute))
+
+        await self._matrix(t)
         writer, _ = self._conns()
         # Shielded: once BEGIN is sent, the transaction and the matrix update finish together.
         with self._errors(), anyio.CancelScope(shield=True):
             async with self._write_lock:
-                matrix = t.matrix or matrix  # the newest snapshot, now that writers wait
-                await writer.execute("BEGIN IMMEDIATE")
-                try:
-                    replaced: list[int] = []
-                    for ids in _chunks([r.id for r in batch]):
-                        marks = ",".join("?" * len(ids))
-                        async with writer.execute(
-                            f"SELECT seq FROM {t.sql} WHERE id IN ({marks})", ids
-                        ) as cur:
-                            replaced.extend(row[0] for row in await cur.fetchall())
-                    async with writer.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {t.sql}") as cur:
-                        before = (await cur.fetchone() or (0,))[0]
-                    await writer.executemany(
-                        f"INSERT OR REPLACE INTO {t.sql} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        rows,
-                    )
-                    async with writer.execute(
-                        f"SELECT seq FROM {t.sql} WHERE seq > ? ORDER BY seq", (before,)
-                    ) as cur:
-                        fresh = np.array([row[0] for row in await cur.fetchall()], np.int64)
-                    if len(fresh) != len(batch):
-                        raise StoreError(
-                            f"{self.path}: table {table!r}: expected {len(batch)} new rows, "
-                            f"found {len(fresh)} (was the file written by another process?)"
-                        )
-                    version = await self._bump_version(writer, t)
-                    await writer.execute("COMMIT")
-                except BaseException:
-                    await writer.execute("ROLLBACK")
-                    raise
+                # SQLite releases the GIL while it works, so normalising the vectors for the
+                # matrix overlaps the transaction instead of adding to it.
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(normalise)
+                    replaced, fresh, version = await self._upsert_rows(writer, t, rows)
+                matrix = t.matrix
+                assert matrix is not None  # loaded above, and only aclose() unloads it
                 if replaced:
                     matrix = matrix.without(np.array(replaced, np.int64), version)
-                matrix = matrix.appended(fresh, unit, version)
-                await self._after_write(t, matrix)
+                await self._after_write(t, matrix.appended(fresh, unit[0], version))
+
+    async def _upsert_rows(
+        self, writer: aiosqlite.Connection, t: _Table, rows: list[tuple[Any, ...]]
+    ) -> tuple[list[int], np.ndarray[Any, np.dtype[np.int64]], int]:
+        """One write transaction: the rowids it replaced, the rowids it added, its version."""
+        await writer.execute("BEGIN IMMEDIATE")
+        try:
+            replaced: list[int] = []
+            for ids in _chunks([row[0] for row in rows]):
+                marks = ",".join("?" * len(ids))
+                async with writer.execute(
+                    f"SELECT seq FROM {t.sql} WHERE id IN ({marks})", ids
+                ) as cur:
+                    replaced.extend(row[0] for row in await cur.fetchall())
+            before = await self._sequence(writer, t)
+            await writer.executemany(
+                f"INSERT OR REPLACE INTO {t.sql} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+            )
+            # AUTOINCREMENT gives each new row the largest rowid ever used plus one, and this
+            # transaction is the only writer: the rows got before+1 .. before+len(rows), in
+            # order. Checked rather than assumed, because the matrix depends on it.
+            after = await self._sequence(writer, t)
+            if after - before != len(rows):
+                raise StoreError(
+                    f"{self.path}: table {t.name!r}: {len(rows)} rows took rowids "
+                    f"{before + 1}..{after} (was the file written by another process?)"
+                )
+            fresh = np.arange(before + 1, after + 1, dtype=np.int64)
+            version = await self._bump_version(writer, t)
+            await writer.execute("COMMIT")
+        except BaseException:
+            await writer.execute("ROLLBACK")
+            raise
+        return replaced, fresh, version
 
     async def search(
         self, table: str, vector: VectorLike, top_k: int, filter: str | None = None
@@ -442,7 +463,6 @@ class SQLiteStore:
             if rows[0][0] != matrix.version:
                 return None
             candidates = np.fromiter((r[1] for r in rows), np.int64, len(rows))
-            candidates.sort()
         if matrix.live == 0:
             return []
         top = await anyio.to_thread.run_sync(

@@ -1,0 +1,50 @@
+"""bench/store.py runs in CI at a smoke size and prints every figure beside its target.
+
+Only that it runs and reports is checked here: figures are judged by a person reading them,
+never by a timed assertion.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = os.environ.get("SATCHEL_BENCH_SMOKE_SIZE", "10000")
+
+
+def test_store_benchmark_smoke_run(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "bench/store.py",
+            "--sizes",
+            SIZE,
+            "--queries",
+            "20",
+            "--workdir",
+            str(tmp_path),
+        ],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    report = result.stdout.split("== summary ==")[1]
+    for figure in (
+        "search top-10 p50 vs bandwidth bound",
+        "vs sqlite-vec (vec0 KNN)",
+        "vs reading every BLOB per query",
+        "search, filter matching 1%",
+        "insert throughput (batches of 1,000)",
+        "open + first search",
+        "peak RSS",
+    ):
+        assert figure in report
+    # The store is exact: its top-10 must be numpy's exact top-10.
+    assert '"recall_at_10": 1.0' in report
+    print(report)  # shown with -s, and in CI logs on failure
