@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -92,9 +93,12 @@ def p50_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000
 
 
-def exact_top(data: F32, query: F32, k: int) -> set[int]:
-    scores = data @ query
-    return {int(i) for i in np.argpartition(-scores, k - 1)[:k]}
+def recall_hits(data: F32, query: F32, found: list[int], k: int) -> int:
+    """How many of `found` belong in the exact top k: rows scoring at least the exact k-th
+    score (in float64), so a tie at the k-th place counts whichever tied row was returned."""
+    scores = data.astype(np.float64) @ query.astype(np.float64)
+    kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+    return sum(1 for i in found if scores[i] >= kth - 1e-9)
 
 
 @dataclass
@@ -124,7 +128,7 @@ async def measure_store(path: Path, data: F32, queries: F32, result: SizeResult)
             t0 = time.perf_counter()
             got = await store.search("bench", q, TOP_K)
             plain.append(time.perf_counter() - t0)
-            hits += len({int(r.id[3:]) for r in got} & exact_top(data, q, TOP_K))
+            hits += recall_hits(data, q, [int(r.id[3:]) for r in got], TOP_K)
             t0 = time.perf_counter()
             await store.search("bench", q, TOP_K, filter="source_type = 'rare'")
             rare.append(time.perf_counter() - t0)
@@ -388,7 +392,8 @@ def run(sizes: list[int], dim: int, queries_n: int, workdir: Path) -> list[SizeR
         data = clustered(n, dim, seed=1)
         queries = clustered(queries_n, dim, seed=2)
         directory = workdir / f"n{n}"
-        directory.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(directory, ignore_errors=True)  # a reused --workdir starts clean
+        directory.mkdir(parents=True)
         path = directory / "vectors.db"
         result = SizeResult(n)
         print("   store: insert and search", flush=True)

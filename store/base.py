@@ -137,7 +137,6 @@ class StoreClosed(StoreError, RuntimeError):  # noqa: N818
 # Records.
 
 
-@functools.lru_cache(maxsize=4096)  # a batch's records usually share a few timestamps
 def normalize_timestamp(value: str) -> str:
     """Return an RFC 3339 timestamp as UTC with millisecond precision: ``2024-05-01T12:00:00.000Z``.
 
@@ -146,6 +145,11 @@ def normalize_timestamp(value: str) -> str:
     """
     if not isinstance(value, str):
         raise InvalidRecord(f"created_at: expected an RFC 3339 string, got {type(value).__name__}")
+    return _normalize_timestamp(value)
+
+
+@functools.lru_cache(maxsize=4096)  # a batch's records usually share a few timestamps
+def _normalize_timestamp(value: str) -> str:
     text = value.strip()
     try:
         # fromisoformat accepts more than RFC 3339 (e.g. a bare date); the 'T'/offset checks
@@ -158,7 +162,12 @@ def normalize_timestamp(value: str) -> str:
             f"created_at: expected an RFC 3339 timestamp with an offset such as "
             f"'2024-05-01T12:00:00Z', got {value!r}"
         )
-    moment = moment.astimezone(UTC)
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:
+        raise InvalidRecord(
+            f"created_at: {value!r} is outside the years 1 to 9999 in UTC"
+        ) from None
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
@@ -170,12 +179,12 @@ def tags_to_json(tags: Sequence[str]) -> str:
     return _TAGS_ENCODER.encode(list(tags))
 
 
-def tags_from_json(text: str) -> list[str]:
+def tags_from_json(text: str) -> tuple[str, ...]:
     """Decode tags stored by `tags_to_json`."""
     value = json.loads(text)
     if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
         raise InvalidRecord(f"tags: expected a JSON array of strings, got {text!r}")
-    return value
+    return tuple(value)
 
 
 def _check_text(name: str, value: object, *, allow_empty: bool) -> str:
@@ -183,6 +192,10 @@ def _check_text(name: str, value: object, *, allow_empty: bool) -> str:
         raise InvalidRecord(f"{name}: expected a string, got {type(value).__name__}")
     if not allow_empty and not value:
         raise InvalidRecord(f"{name}: must not be empty")
+    if "\x00" in value:
+        # SQLite's string functions (LIKE, GLOB) stop at NUL: refusing it keeps every backend's
+        # filters in agreement.
+        raise InvalidRecord(f"{name}: contains a NUL character")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -192,7 +205,8 @@ def _check_text(name: str, value: object, *, allow_empty: bool) -> str:
 
 def _as_embedding(value: object) -> Vector:
     try:
-        array = np.asarray(value, dtype=np.float32)
+        # A copy: the record owns its vector, whatever the caller later does to theirs.
+        array = np.array(value, dtype=np.float32, copy=True)
     except (TypeError, ValueError) as exc:
         raise InvalidRecord(f"embedding: expected a sequence of numbers ({exc})") from None
     if array.ndim != 1 or array.size == 0:
@@ -203,7 +217,6 @@ def _as_embedding(value: object) -> Vector:
         raise InvalidRecord("embedding: contains NaN or infinity")
     if not np.any(array):
         raise InvalidRecord("embedding: all zeros; a zero vector has no direction to compare")
-    array = np.ascontiguousarray(array)
     array.setflags(write=False)
     return array
 
@@ -212,9 +225,10 @@ def _as_embedding(value: object) -> Vector:
 class Record:
     """One chunk of text with its embedding: the seed's `context_vectors` row.
 
-    Built records are valid: fields are type-checked, `embedding` becomes a read-only float32
-    vector, `created_at` is normalised by `normalize_timestamp`, and `tags` becomes a list of
-    strings (stored as a JSON array).
+    Built records are valid and own their data: fields are type-checked (text must be valid
+    Unicode without NUL), `embedding` becomes a private read-only float32 copy, `created_at` is
+    normalised by `normalize_timestamp`, and `tags` becomes a tuple of strings (stored as a JSON
+    array).
     """
 
     id: str
@@ -223,7 +237,7 @@ class Record:
     text_chunk: str
     embedding: Vector
     created_at: str
-    tags: list[str] = field(default_factory=list)
+    tags: Sequence[str] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         _check_text("id", self.id, allow_empty=False)
@@ -235,10 +249,10 @@ class Record:
         tags: Any = self.tags
         if isinstance(tags, str | bytes) or not isinstance(tags, Iterable):
             raise InvalidRecord(f"tags: expected a list of strings, got {type(tags).__name__}")
-        tag_list = list(tags)
-        for tag in tag_list:
+        tag_tuple = tuple(tags)
+        for tag in tag_tuple:
             _check_text("tags[]", tag, allow_empty=True)
-        object.__setattr__(self, "tags", tag_list)
+        object.__setattr__(self, "tags", tag_tuple)
 
     @property
     def dim(self) -> int:
@@ -253,7 +267,7 @@ class Record:
             and self.source_type == other.source_type
             and self.text_chunk == other.text_chunk
             and self.created_at == other.created_at
-            and self.tags == other.tags
+            and tuple(self.tags) == tuple(other.tags)
             and np.array_equal(self.embedding, other.embedding)
         )
 
@@ -262,7 +276,7 @@ class Record:
             return NotImplemented
         return type(self) is type(other) and self.same_as(other)
 
-    __hash__ = None  # type: ignore[assignment]  # mutable tags: not hashable
+    __hash__ = None  # type: ignore[assignment]  # numpy arrays are not hashable
 
     @classmethod
     def from_storage(
@@ -274,12 +288,12 @@ class Record:
         text_chunk: str,
         embedding: Vector,
         created_at: str,
-        tags: list[str],
+        tags: tuple[str, ...],
     ) -> Self:
         """Rebuild a record that a store validated on the way in, without validating again.
 
         Only for a backend's own reads: the fields must already be in their normalised form
-        (`embedding` a read-only 1-D float32 array, `created_at` normalised).
+        (`embedding` a read-only 1-D float32 array, `created_at` normalised, `tags` a tuple).
         """
         self = object.__new__(cls)
         for name, value in (
@@ -303,7 +317,7 @@ class Record:
             text_chunk=self.text_chunk,
             embedding=self.embedding,
             created_at=self.created_at,
-            tags=self.tags,
+            tags=tuple(self.tags),
         )
         object.__setattr__(scored, "score", score)
         return scored
@@ -331,7 +345,7 @@ class ScoredRecord(Record):
             text_chunk=self.text_chunk,
             embedding=self.embedding,
             created_at=self.created_at,
-            tags=self.tags,
+            tags=tuple(self.tags),
         )
 
 
@@ -395,7 +409,8 @@ class VectorStore(Protocol):
     of a batch. Blocking work runs off the event loop. A store object belongs to the event loop
     that opened it; it is not for use from other threads.
 
-    Every method validates its arguments first and raises, besides what is listed:
+    Every method validates its arguments first and raises, besides what is listed (and
+    `TypeError` for an argument of the wrong type, which is a programming error):
     `InvalidTableName` for a table name that is not ``[A-Za-z_][A-Za-z0-9_]{0,63}``,
     `UnknownTable` for a table that does not exist, and `StoreClosed` after `aclose()`.
     Backend failures (I/O, a dead sidecar) surface as `StoreError` with the cause chained.

@@ -19,9 +19,12 @@ Grammar (keywords are case-insensitive; column names are lower-case)::
 
 Every column holds text, so every literal is a string; comparisons and LIKE are
 case-sensitive and compare by code point (equal to UTF-8 byte order), identically on SQLite
-and LanceDB. The text is parsed into a tree of frozen dataclasses which the backends render:
-`to_sqlite` into SQL with ``?`` parameters, `to_lance` into a DataFusion predicate with every
-literal escaped. Filter text never reaches SQL unparsed.
+and LanceDB. A `created_at` literal that is a full RFC 3339 timestamp is normalised the way
+stored values are (UTC, milliseconds: see `store.base.normalize_timestamp`), so
+``created_at >= '2024-05-01T14:00:00+02:00'`` means that moment; any other literal, such as a
+bare date, compares as a string prefix. The text is parsed into a tree of frozen dataclasses
+which the backends render: `to_sqlite` into SQL with ``?`` parameters, `to_lance` into a
+DataFusion predicate with every literal escaped. Filter text never reaches SQL unparsed.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from store.base import InvalidFilter
+from store.base import InvalidFilter, InvalidRecord, normalize_timestamp
 
 __all__ = [
     "COLUMNS",
@@ -56,6 +59,8 @@ COLUMNS: Final = (*TEXT_COLUMNS, "tags")
 MAX_LENGTH: Final = 8192
 MAX_DEPTH: Final = 32
 MAX_LIST: Final = 1000
+MAX_CONDITIONS: Final = 256
+"""SQLite refuses expressions more than 1,000 deep; a filter stays far below that."""
 
 Op = Literal["=", "!=", "<", "<=", ">", ">="]
 _OPS: Final[dict[str, Op]] = {
@@ -219,6 +224,7 @@ class _Parser:
         self.tokens = _tokenize(text)
         self.index = 0
         self.depth = 0
+        self.conditions = 0
 
     @property
     def token(self) -> _Token:
@@ -309,6 +315,11 @@ class _Parser:
         return tok.text, tok
 
     def predicate(self) -> FilterNode:
+        self.conditions += 1
+        if self.conditions > MAX_CONDITIONS:
+            raise InvalidFilter(
+                self.text, self.token.pos, f"more than {MAX_CONDITIONS} conditions in one filter"
+            )
         column, col_tok = self.column()
         tok = self.token
         if tok.kind == "word" and tok.text == "IS":
@@ -325,7 +336,8 @@ class _Parser:
             raise self.fail("CONTAINS or IS [NOT] NULL (tags is a list: test it with CONTAINS)")
         if tok.kind == "op":
             self.index += 1
-            return Compare(column, _OPS[tok.text], self.expect_string("a string in single quotes"))
+            value = self.expect_string("a string in single quotes")
+            return Compare(column, _OPS[tok.text], _literal(column, value))
         negated = False
         if self.is_keyword("NOT"):
             negated = True
@@ -334,7 +346,8 @@ class _Parser:
                 raise self.fail("IN or LIKE after NOT")
         if self.is_keyword("IN"):
             self.index += 1
-            return In(column, self.string_list(), negated)
+            values = tuple(_literal(column, v) for v in self.string_list())
+            return In(column, values, negated)
         if self.is_keyword("LIKE"):
             self.index += 1
             pattern_tok = self.token
@@ -361,6 +374,16 @@ class _Parser:
             raise self.fail("',' or ')' in the IN list")
         self.index += 1
         return tuple(values)
+
+
+def _literal(column: str, value: str) -> str:
+    """A comparison value as stored: created_at timestamps are normalised like records'."""
+    if column != "created_at" or len(value) < 20:
+        return value  # a date or other prefix compares as a string
+    try:
+        return normalize_timestamp(value)
+    except InvalidRecord:
+        return value
 
 
 def _describe(tok: _Token) -> str:
@@ -436,12 +459,36 @@ def _group(node: FilterNode, needs_parens: object) -> str:
     return f"({text})" if isinstance(node, needs_parens) else text  # type: ignore[arg-type]
 
 
+def like_to_glob(pattern: str) -> str:
+    """A LIKE pattern (% _ and backslash escapes) as an SQLite GLOB pattern.
+
+    GLOB is case-sensitive by definition, where LIKE's case sensitivity hangs on a deprecated
+    pragma that builds may omit; the languages match one-to-one: % is *, _ is ?, and GLOB's own
+    metacharacters become one-character classes.
+    """
+    out, i = [], 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\":
+            ch = pattern[i + 1]  # parse() guarantees a character follows
+            i += 2
+            out.append(f"[{ch}]" if ch in "*?[" else ch)
+            continue
+        i += 1
+        if ch == "%":
+            out.append("*")
+        elif ch == "_":
+            out.append("?")
+        else:
+            out.append(f"[{ch}]" if ch in "*?[" else ch)
+    return "".join(out)
+
+
 def to_sqlite(node: FilterNode, *, tags_column: str = "tags") -> tuple[str, list[str]]:
     """Render to an SQLite boolean expression with ``?`` placeholders, and its parameters.
 
     Columns are quoted identifiers from the fixed list; values are always parameters. LIKE is
-    rendered with ``ESCAPE '\\'`` and assumes ``PRAGMA case_sensitive_like = ON`` so that it is
-    case-sensitive as on LanceDB. Tags are a JSON array, tested with ``json_each``.
+    rendered as GLOB (see `like_to_glob`). Tags are a JSON array, tested with ``json_each``.
     """
     params: list[str] = []
 
@@ -455,8 +502,8 @@ def to_sqlite(node: FilterNode, *, tags_column: str = "tags") -> tuple[str, list
                 marks = ", ".join("?" for _ in values)
                 return f'"{column}" {"NOT IN" if negated else "IN"} ({marks})'
             case Like(column, pattern, negated):
-                params.append(pattern)
-                return f"\"{column}\" {'NOT LIKE' if negated else 'LIKE'} ? ESCAPE '\\'"
+                params.append(like_to_glob(pattern))
+                return f'"{column}" {"NOT GLOB" if negated else "GLOB"} ?'
             case IsNull(column, negated):
                 return f'"{column}" IS {"NOT NULL" if negated else "NULL"}'
             case Contains(tag):

@@ -21,19 +21,21 @@ through this object (the daemon holds a single-instance lock for that reason).
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import sqlite3
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Self
 
 import aiosqlite
 import anyio
 import numpy as np
+import numpy.typing as npt
 
 from store import filter as filters
+from store import sqlitedb
 from store.base import (
     DimensionMismatch,
     InvalidQuery,
@@ -52,17 +54,18 @@ from store.base import (
     tags_from_json,
     tags_to_json,
 )
-from store.matrix import Matrix, TopK, unit_rows
+from store.matrix import Matrix, MatrixOutOfStep, TopK, unit_rows
 
 __all__ = ["SQLiteStore"]
 
+_log = logging.getLogger(__name__)
+
+_Rowids = npt.NDArray[np.int64]
 _SQL_CHUNK: Final = 500  # ids per IN (...) list; far below SQLite's variable limit
 _COLUMNS: Final = "id, source_id, source_type, text_chunk, embedding, created_at, tags"
 
-# Ordered, named schema migrations. Each runs once, in its own transaction, and is recorded in
-# `satchel_migrations`; a file that records a name this list lacks was written by a newer
-# Satchel and is refused rather than misread.
-MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
+# The vector file's schema, as ordered named migrations (see store.sqlitedb.migrate).
+MIGRATIONS: Final[tuple[sqlitedb.Migration, ...]] = (
     (
         "0001_tables",
         """
@@ -90,14 +93,11 @@ def _table_ddl(name: str) -> list[str]:
             created_at TEXT NOT NULL,
             tags TEXT NOT NULL
         )""",
-        f'CREATE INDEX "{t}_source_id" ON "{t}" (source_id)',
-        f'CREATE INDEX "{t}_source_type" ON "{t}" (source_type)',
-        f'CREATE INDEX "{t}_created_at" ON "{t}" (created_at)',
+        # ':' cannot appear in a table name, so index names never collide with tables.
+        f'CREATE INDEX "{t}:source_id" ON "{t}" (source_id)',
+        f'CREATE INDEX "{t}:source_type" ON "{t}" (source_type)',
+        f'CREATE INDEX "{t}:created_at" ON "{t}" (created_at)',
     ]
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _chunks(items: Sequence[Any], size: int = _SQL_CHUNK) -> Iterator[Sequence[Any]]:
@@ -131,6 +131,9 @@ class SQLiteStore:
 
     ``async with SQLiteStore(path) as store: ...``. The file and its directory are created if
     missing. See the module docstring for how searches stay consistent with writes.
+
+    Table names are case-sensitive, but SQLite's are not: two names that differ only in case
+    cannot both exist (the second raises `TableExists`), as on a case-insensitive file system.
     """
 
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
@@ -140,7 +143,6 @@ class SQLiteStore:
         self._reader: aiosqlite.Connection | None = None
         self._tables: dict[str, _Table] = {}
         self._write_lock = anyio.Lock()
-        self._load_lock = anyio.Lock()
         self._compute = anyio.CapacityLimiter(2)
         self._closed = False
 
@@ -159,12 +161,14 @@ class SQLiteStore:
             raise StoreClosed("SQLite store")
         if self._writer is not None:
             return
-        with self._errors():
+        with self._errors("open"):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = await self._connect()
+            self._writer = await sqlitedb.connect(self.path, busy_timeout_ms=self._busy_timeout_ms)
             try:
-                await self._migrate(self._writer)
-                self._reader = await self._connect()
+                await sqlitedb.migrate(self._writer, self.path, MIGRATIONS)
+                self._reader = await sqlitedb.connect(
+                    self.path, busy_timeout_ms=self._busy_timeout_ms
+                )
                 async with self._reader.execute("SELECT name, dim FROM satchel_tables") as cur:
                     for name, dim in await cur.fetchall():
                         self._tables[name] = _Table(name, dim, f'"vectors_{name}"')
@@ -172,52 +176,6 @@ class SQLiteStore:
                 with anyio.CancelScope(shield=True):
                     await self._close_connections()
                 raise
-
-    async def _connect(self) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
-        try:
-            await conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-            # A row is ~3 KiB at 768 dimensions: 16 KiB pages hold several, which measured
-            # ~3x faster to read back at open than the default 4 KiB. Only takes effect on a
-            # new file, before WAL is switched on.
-            await conn.execute("PRAGMA page_size = 16384")
-            await conn.execute("PRAGMA journal_mode = WAL")
-            await conn.execute("PRAGMA synchronous = FULL")
-            # LIKE is case-sensitive, as it is on LanceDB (see store.filter).
-            await conn.execute("PRAGMA case_sensitive_like = ON")
-        except BaseException:
-            await conn.close()
-            raise
-        return conn
-
-    async def _migrate(self, conn: aiosqlite.Connection) -> None:
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS satchel_migrations "
-                "(name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
-            )
-            async with conn.execute("SELECT name FROM satchel_migrations") as cur:
-                applied = {row[0] for row in await cur.fetchall()}
-            known = {name for name, _ in MIGRATIONS}
-            if unknown := applied - known:
-                raise StoreError(
-                    f"{self.path}: written by a newer Satchel (schema migrations "
-                    f"{', '.join(sorted(unknown))} are unknown to this version)"
-                )
-            for name, script in MIGRATIONS:
-                if name in applied:
-                    continue
-                for statement in filter(str.strip, script.split(";")):
-                    await conn.execute(statement)
-                await conn.execute(
-                    "INSERT INTO satchel_migrations (name, applied_at) VALUES (?, ?)",
-                    (name, _now()),
-                )
-            await conn.execute("COMMIT")
-        except BaseException:
-            await conn.execute("ROLLBACK")
-            raise
 
     async def aclose(self) -> None:
         """Close both connections; idempotent. Waits for a write in progress to finish."""
@@ -243,8 +201,9 @@ class SQLiteStore:
     # -- helpers ------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _errors(self) -> Iterator[None]:
-        """Translate SQLite's errors into StoreError, chained; let ours and bugs through."""
+    def _errors(self, operation: str, table: str | None = None) -> Iterator[None]:
+        """Translate SQLite's errors into StoreError naming the file, operation and table,
+        chained; let our own errors and programming errors through."""
         try:
             yield
         except StoreError:
@@ -252,7 +211,8 @@ class SQLiteStore:
         except (sqlite3.Error, OSError) as exc:
             if self._closed:
                 raise StoreClosed("SQLite store") from exc
-            raise StoreError(f"{self.path}: {exc}") from exc
+            where = f" on table {table!r}" if table else ""
+            raise StoreError(f"{self.path}: {operation}{where} failed: {exc}") from exc
         except ValueError as exc:
             # aiosqlite raises ValueError("no active connection") once closed.
             if self._closed or "no active connection" in str(exc):
@@ -272,14 +232,21 @@ class SQLiteStore:
             raise UnknownTable(name)
         return table
 
-    async def _matrix(self, table: _Table) -> Matrix:
-        """The table's current snapshot, loading it from SQLite on first use."""
+    async def _matrix(self, table: _Table, *, locked: bool = False) -> Matrix:
+        """The table's current snapshot, loading it from SQLite when there is none.
+
+        Loading holds the write lock so that no write lands mid-load; pass `locked` when the
+        caller already holds it.
+        """
         if table.matrix is not None:
             return table.matrix
-        async with self._load_lock, self._write_lock:  # no write may land mid-load
+        if locked:
+            table.matrix = await self._load(table)
+            return table.matrix
+        async with self._write_lock:
             if table.matrix is None:
                 table.matrix = await self._load(table)
-        return table.matrix
+            return table.matrix
 
     async def _load(self, table: _Table) -> Matrix:
         # One worker-thread call with its own read-only connection: reading 100K BLOBs through
@@ -307,35 +274,73 @@ class SQLiteStore:
         assert row is not None  # the table row exists while the table does
         return int(row[0])
 
-    async def _after_write(self, table: _Table, matrix: Matrix) -> None:
-        if matrix.needs_compaction():
-            matrix = await anyio.to_thread.run_sync(matrix.compacted, limiter=self._compute)
+    @contextlib.asynccontextmanager
+    async def _write(
+        self, operation: str, table: str | None
+    ) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction, with our errors; commits if the body returns.
+
+        The wait for the write lock can be cancelled. Once the lock is held, everything up to
+        the caller publishing its new snapshot is shielded: a cancelled caller never leaves a
+        transaction half done, nor a committed one unpublished.
+        """
+        writer, _ = self._conns()
+        with self._errors(operation, table):
+            async with self._write_lock:
+                writer, _ = self._conns()  # aclose() may have won the lock first
+                with anyio.CancelScope(shield=True):
+                    await writer.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield writer
+                    except BaseException:
+                        # SQLite may already have rolled back (disk full, I/O error): a second
+                        # ROLLBACK would fail and hide the real error.
+                        if writer.in_transaction:
+                            await writer.execute("ROLLBACK")
+                        raise
+
+    async def _publish(self, table: _Table, build: Callable[[], Matrix]) -> None:
+        """Install the snapshot that mirrors a committed write.
+
+        Called under the write lock, after COMMIT. If building it fails (out of memory), the
+        table's snapshot is dropped so the next use reloads it from SQLite: the matrix never
+        silently disagrees with the file. Compaction is only an optimisation and may fail alone.
+        """
+        try:
+            matrix = build()
+        except BaseException:
+            table.matrix = None
+            raise
         table.matrix = matrix
+        if matrix.needs_compaction():
+            try:
+                table.matrix = await anyio.to_thread.run_sync(
+                    matrix.compacted, limiter=self._compute
+                )
+            except Exception:
+                _log.exception(
+                    "table %r: compaction failed; keeping the uncompacted matrix", table.name
+                )
 
     # -- the contract -------------------------------------------------------------------------
 
     async def create_table(self, name: str, *, dim: int) -> None:
         """See `VectorStore.create_table`."""
-        writer, _ = self._conns()
+        self._conns()
         check_table_name(name)
         check_dim(dim)
-        with self._errors(), anyio.CancelScope(shield=True):
-            async with self._write_lock:
-                if name in self._tables:
-                    raise TableExists(name, self._tables[name].dim)
-                await writer.execute("BEGIN IMMEDIATE")
-                try:
-                    for statement in _table_ddl(name):
-                        await writer.execute(statement)
-                    await writer.execute(
-                        "INSERT INTO satchel_tables (name, dim, created_at) VALUES (?, ?, ?)",
-                        (name, dim, _now()),
-                    )
-                    await writer.execute("COMMIT")
-                except BaseException:
-                    await writer.execute("ROLLBACK")
-                    raise
-                self._tables[name] = _Table(name, dim, f'"vectors_{name}"', Matrix.empty(dim))
+        async with self._write("create_table", name) as writer:
+            for existing in self._tables.values():
+                if existing.name.lower() == name.lower():
+                    raise TableExists(existing.name, existing.dim)
+            for statement in _table_ddl(name):
+                await writer.execute(statement)
+            await writer.execute(
+                "INSERT INTO satchel_tables (name, dim, created_at) VALUES (?, ?, ?)",
+                (name, dim, sqlitedb.utc_now()),
+            )
+            await writer.execute("COMMIT")
+            self._tables[name] = _Table(name, dim, f'"vectors_{name}"', Matrix.empty(dim))
 
     async def insert(self, table: str, records: Sequence[Record]) -> None:
         """See `VectorStore.insert`."""
@@ -363,61 +368,49 @@ class SQLiteStore:
             )
             for r in batch
         ]
-        stacked = np.stack([r.embedding for r in batch])
-        unit: list[np.ndarray[Any, np.dtype[np.float32]]] = []
-
-        async def normalise() -> None:
-            unit.append(await anyio.to_thread.run_sync(unit_rows, stacked, limiter=self._compute))
-
-        await self._matrix(t)
-        writer, _ = self._conns()
-        # Shielded: once BEGIN is sent, the transaction and the matrix update finish together.
-        with self._errors(), anyio.CancelScope(shield=True):
-            async with self._write_lock:
-                # SQLite releases the GIL while it works, so normalising the vectors for the
-                # matrix overlaps the transaction instead of adding to it.
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(normalise)
-                    replaced, fresh, version = await self._upsert_rows(writer, t, rows)
-                matrix = t.matrix
-                assert matrix is not None  # loaded above, and only aclose() unloads it
-                if replaced:
-                    matrix = matrix.without(np.array(replaced, np.int64), version)
-                await self._after_write(t, matrix.appended(fresh, unit[0], version))
+        unit = await anyio.to_thread.run_sync(
+            unit_rows, np.stack([r.embedding for r in batch]), limiter=self._compute
+        )
+        with self._errors("insert", table):
+            await self._matrix(t)
+        async with self._write("insert", table) as writer:
+            replaced, fresh, version = await self._upsert_rows(writer, t, rows)
+            await writer.execute("COMMIT")
+            matrix = t.matrix
+            if matrix is None:  # dropped by a failed publish: reload, the lock is ours
+                matrix = await self._matrix(t, locked=True)
+            else:
+                matrix = matrix.without(replaced, version) if len(replaced) else matrix
+            await self._publish(t, lambda: matrix.appended(fresh, unit, version))
 
     async def _upsert_rows(
         self, writer: aiosqlite.Connection, t: _Table, rows: list[tuple[Any, ...]]
-    ) -> tuple[list[int], np.ndarray[Any, np.dtype[np.int64]], int]:
-        """One write transaction: the rowids it replaced, the rowids it added, its version."""
-        await writer.execute("BEGIN IMMEDIATE")
-        try:
-            replaced: list[int] = []
-            for ids in _chunks([row[0] for row in rows]):
-                marks = ",".join("?" * len(ids))
-                async with writer.execute(
-                    f"SELECT seq FROM {t.sql} WHERE id IN ({marks})", ids
-                ) as cur:
-                    replaced.extend(row[0] for row in await cur.fetchall())
-            before = await self._sequence(writer, t)
-            await writer.executemany(
-                f"INSERT OR REPLACE INTO {t.sql} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+    ) -> tuple[_Rowids, _Rowids, int]:
+        """Within a write transaction: the rowids it replaced, the rowids it added, its version."""
+        replaced: list[int] = []
+        for ids in _chunks([row[0] for row in rows]):
+            marks = ",".join("?" * len(ids))
+            async with writer.execute(f"SELECT seq FROM {t.sql} WHERE id IN ({marks})", ids) as cur:
+                replaced.extend(row[0] for row in await cur.fetchall())
+        before = await self._sequence(writer, t)
+        await writer.executemany(
+            f"INSERT OR REPLACE INTO {t.sql} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+        )
+        # AUTOINCREMENT gives each new row the largest rowid ever used plus one, and this
+        # transaction is the only writer: the rows got before+1 .. before+len(rows), in
+        # order. Checked rather than assumed, because the matrix depends on it.
+        after = await self._sequence(writer, t)
+        if after - before != len(rows):
+            raise StoreError(
+                f"{self.path}: table {t.name!r}: {len(rows)} rows took rowids "
+                f"{before + 1}..{after} (was the file written by another process?)"
             )
-            # AUTOINCREMENT gives each new row the largest rowid ever used plus one, and this
-            # transaction is the only writer: the rows got before+1 .. before+len(rows), in
-            # order. Checked rather than assumed, because the matrix depends on it.
-            after = await self._sequence(writer, t)
-            if after - before != len(rows):
-                raise StoreError(
-                    f"{self.path}: table {t.name!r}: {len(rows)} rows took rowids "
-                    f"{before + 1}..{after} (was the file written by another process?)"
-                )
-            fresh = np.arange(before + 1, after + 1, dtype=np.int64)
-            version = await self._bump_version(writer, t)
-            await writer.execute("COMMIT")
-        except BaseException:
-            await writer.execute("ROLLBACK")
-            raise
-        return replaced, fresh, version
+        version = await self._bump_version(writer, t)
+        return (
+            np.sort(np.array(replaced, np.int64)),
+            np.arange(before + 1, after + 1, dtype=np.int64),
+            version,
+        )
 
     async def search(
         self, table: str, vector: VectorLike, top_k: int, filter: str | None = None
@@ -429,7 +422,7 @@ class SQLiteStore:
         where: tuple[str, list[str]] | None = None
         if filter is not None:
             where = filters.to_sqlite(filters.parse(filter))
-        with self._errors():
+        with self._errors("search", table):
             for _ in range(3):
                 result = await self._search_once(t, query, k, where)
                 if result is not None:
@@ -438,20 +431,27 @@ class SQLiteStore:
                 async with self._write_lock:
                     pass
             async with self._write_lock:  # no writer can move under us now
-                result = await self._search_once(t, query, k, where)
+                result = await self._search_once(t, query, k, where, locked=True)
             if result is None:
                 raise StoreError(f"table {table!r}: search could not settle on a snapshot")
             return result
 
     async def _search_once(
-        self, t: _Table, query: Vector, k: int, where: tuple[str, list[str]] | None
+        self,
+        t: _Table,
+        query: Vector,
+        k: int,
+        where: tuple[str, list[str]] | None,
+        *,
+        locked: bool = False,
     ) -> list[ScoredRecord] | None:
         """One attempt; None when a concurrent write invalidated what it read."""
-        matrix = await self._matrix(t)
+        matrix = await self._matrix(t, locked=locked)
         _, reader = self._conns()
         candidates = None
         if where is not None:
             sql, params = where
+            # One statement, so the version and the candidates come from one snapshot.
             async with reader.execute(
                 f"SELECT (SELECT version FROM satchel_tables WHERE name = ?), seq "
                 f"FROM {t.sql} WHERE {sql}",
@@ -465,28 +465,53 @@ class SQLiteStore:
             candidates = np.fromiter((r[1] for r in rows), np.int64, len(rows))
         if matrix.live == 0:
             return []
-        top = await anyio.to_thread.run_sync(
-            matrix.search, query, k, candidates, limiter=self._compute
-        )
+        try:
+            top = await anyio.to_thread.run_sync(
+                matrix.search, query, k, candidates, limiter=self._compute
+            )
+        except MatrixOutOfStep:
+            _log.warning("table %r: in-memory matrix out of step with the file; reloading", t.name)
+            if t.matrix is matrix:
+                t.matrix = None
+            return None
         return await self._fetch_ranked(t, top, k)
 
     async def _fetch_ranked(self, t: _Table, top: TopK, k: int) -> list[ScoredRecord] | None:
+        """The records of a ranking, ties ordered by id and cut to k; None if any vanished."""
         _, reader = self._conns()
+        scores = [_clamp(s) for s in top.scores.tolist()]
+        seqs = top.rowids.tolist()
+        if len(seqs) > k:
+            # Rows tied exactly at the k-th score: their ids decide, so read just the ids.
+            ids = await self._ids_of(reader, t, seqs)
+            if ids is None:
+                return None
+            chosen = sorted(zip(scores, seqs, strict=True), key=lambda p: (-p[0], ids[p[1]]))[:k]
+            scores, seqs = [p[0] for p in chosen], [p[1] for p in chosen]
         by_rowid: dict[int, Record] = {}
-        for seqs in _chunks(top.rowids.tolist()):
-            marks = ",".join("?" * len(seqs))
+        for part in _chunks(seqs):
+            marks = ",".join("?" * len(part))
             async with reader.execute(
-                f"SELECT seq, {_COLUMNS} FROM {t.sql} WHERE seq IN ({marks})", seqs
+                f"SELECT seq, {_COLUMNS} FROM {t.sql} WHERE seq IN ({marks})", part
             ) as cur:
                 for row in await cur.fetchall():
                     by_rowid[row[0]] = _record_from_row(row[1:])
-        if len(by_rowid) != len(top.rowids):
+        if len(by_rowid) != len(seqs):
             return None
-        ranked = sorted(
-            zip(top.scores.tolist(), top.rowids.tolist(), strict=True),
-            key=lambda pair: (-pair[0], by_rowid[pair[1]].id),
-        )
-        return [by_rowid[seq].with_score(_clamp(score)) for score, seq in ranked[:k]]
+        ranked = sorted(zip(scores, seqs, strict=True), key=lambda p: (-p[0], by_rowid[p[1]].id))
+        return [by_rowid[seq].with_score(score) for score, seq in ranked]
+
+    async def _ids_of(
+        self, reader: aiosqlite.Connection, t: _Table, seqs: list[int]
+    ) -> dict[int, str] | None:
+        ids: dict[int, str] = {}
+        for part in _chunks(seqs):
+            marks = ",".join("?" * len(part))
+            async with reader.execute(
+                f"SELECT seq, id FROM {t.sql} WHERE seq IN ({marks})", part
+            ) as cur:
+                ids.update({row[0]: row[1] for row in await cur.fetchall()})
+        return ids if len(ids) == len(seqs) else None
 
     async def get_by_ids(self, table: str, ids: Sequence[str]) -> list[Record]:
         """See `VectorStore.get_by_ids`."""
@@ -496,7 +521,7 @@ class SQLiteStore:
         wanted = list(dict.fromkeys(ids))
         _, reader = self._conns()
         found: dict[str, Record] = {}
-        with self._errors():
+        with self._errors("get_by_ids", table):
             for chunk in _chunks(wanted):
                 marks = ",".join("?" * len(chunk))
                 async with reader.execute(
@@ -510,36 +535,30 @@ class SQLiteStore:
         """See `VectorStore.delete`."""
         if not isinstance(id, str):
             raise TypeError(f"delete() takes one id string, got {type(id).__name__}")
-        return await self._delete(table, "id = ?", [id]) > 0
+        return await self._delete("delete", table, "id = ?", [id]) > 0
 
     async def delete_where(self, table: str, filter: str) -> int:
         """See `VectorStore.delete_where`."""
         self._table(table)
         sql, params = filters.to_sqlite(filters.parse(filter))
-        return await self._delete(table, sql, params)
+        return await self._delete("delete_where", table, sql, params)
 
-    async def _delete(self, table: str, where: str, params: list[str]) -> int:
+    async def _delete(self, operation: str, table: str, where: str, params: list[str]) -> int:
         t = self._table(table)
-        matrix = await self._matrix(t)
-        writer, _ = self._conns()
-        with self._errors(), anyio.CancelScope(shield=True):
-            async with self._write_lock:
-                matrix = t.matrix or matrix  # the newest snapshot, now that writers wait
-                await writer.execute("BEGIN IMMEDIATE")
-                try:
-                    async with writer.execute(
-                        f"DELETE FROM {t.sql} WHERE {where} RETURNING seq", params
-                    ) as cur:
-                        gone = np.array([row[0] for row in await cur.fetchall()], np.int64)
-                    version = await self._bump_version(writer, t) if len(gone) else None
-                    await writer.execute("COMMIT")
-                except BaseException:
-                    if writer.in_transaction:
-                        await writer.execute("ROLLBACK")
-                    raise
-                if version is not None:
-                    gone.sort()
-                    await self._after_write(t, matrix.without(gone, version))
+        with self._errors(operation, table):
+            await self._matrix(t)
+        async with self._write(operation, table) as writer:
+            async with writer.execute(
+                f"DELETE FROM {t.sql} WHERE {where} RETURNING seq", params
+            ) as cur:
+                gone = np.sort(np.array([row[0] for row in await cur.fetchall()], np.int64))
+            if len(gone) == 0:
+                await writer.execute("ROLLBACK")
+                return 0
+            version = await self._bump_version(writer, t)
+            await writer.execute("COMMIT")
+            matrix = t.matrix or await self._matrix(t, locked=True)
+            await self._publish(t, lambda: matrix.without(gone, version))
         return len(gone)
 
     async def export_all(
@@ -552,7 +571,7 @@ class SQLiteStore:
         after: str | None = None
         while True:
             _, reader = self._conns()
-            with self._errors():
+            with self._errors("export_all", table):
                 args: list[object]
                 if after is None:
                     sql, args = f"SELECT {_COLUMNS} FROM {t.sql} ORDER BY id LIMIT ?", [batch_size]
@@ -573,7 +592,7 @@ class SQLiteStore:
         """See `VectorStore.count`."""
         t = self._table(table)
         _, reader = self._conns()
-        with self._errors():
+        with self._errors("count", table):
             async with reader.execute(f"SELECT COUNT(*) FROM {t.sql}") as cur:
                 row = await cur.fetchone()
         return int(row[0]) if row else 0

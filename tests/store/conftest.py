@@ -75,7 +75,7 @@ def random_records(n: int, dim: int, *, seed: int = 0, prefix: str = "r") -> lis
             vectors[i],
             source_id=f"source-{i % 7}",
             source_type=kinds[i % 3],
-            text=f"chunk {i} ünïcødé 文字 {'even' if i % 2 == 0 else 'odd'}",
+            text=f"{'Chunk' if i % 2 else 'chunk'} {i} ünïcødé 文字 {('even', 'odd')[i % 2]}",
             created_at=f"2024-{1 + i % 12:02d}-{1 + i % 28:02d}T{i % 24:02d}:00:00Z",
             tags=[f"t{i % 5}", *(["rust"] if i % 4 == 0 else [])],
         )

@@ -84,6 +84,7 @@ def assert_same_ranking(
     """
     expected = ranking[:k]
     assert len(got) == len(expected), ([g.id for g in got], expected)
+    assert len({g.id for g in got}) == len(got), [g.id for g in got]  # no id twice
     for g, (_, score) in zip(got, expected, strict=True):
         assert abs(g.score - score) <= tol, (g.id, g.score, score)
     # The store's own output must follow its rule exactly: score descending, then id.

@@ -207,6 +207,9 @@ async def test_wrong_dimension_names_both_and_writes_nothing(store: VectorStore)
         ({"created_at": "yesterday"}, "RFC 3339"),
         ({"tags": "rust"}, "tags: expected a list"),
         ({"tags": ["ok", 3]}, r"tags\[\]: expected a string"),
+        ({"text_chunk": "a\x00b"}, "text_chunk: contains a NUL"),
+        ({"created_at": ["2024-05-01T12:00:00Z"]}, "created_at: expected an RFC 3339 string"),
+        ({"created_at": "0001-01-01T00:00:00+01:00"}, "outside the years 1 to 9999"),
     ],
 )
 def test_invalid_records_are_refused_with_the_field_named(
@@ -312,6 +315,9 @@ FILTERS = [
     "text_chunk LIKE 'chunk 1_ %'",
     "text_chunk NOT LIKE '%文字%'",
     "text_chunk LIKE '%ÜNÏ%'",  # case-sensitive: matches nothing
+    "text_chunk LIKE 'CHUNK%'",  # case-sensitive: matches nothing
+    "text_chunk LIKE 'Chunk 1%'",
+    "text_chunk >= 'Chunk 5'",
     "created_at >= '2024-06-01'",
     "created_at < '2024-03-01T00:00:00.000Z' OR created_at > '2024-11-15'",
     "tags CONTAINS 'rust'",
@@ -477,11 +483,19 @@ async def test_searches_never_see_half_a_batch(store: VectorStore) -> None:
         return shared + fresh
 
     async def writer() -> None:
-        for gen in range(15):
+        for gen in range(1, 15):
             await store.insert("t", batch(gen))
             if gen % 3 == 2:
                 await store.delete_where("t", f"source_id = 'group{gen - 1}'")
         done.set()
+
+    async def small_k_reader() -> None:
+        # The argpartition path: results must be whole records of one generation or another.
+        while not done.is_set():
+            hits = await store.search("t", rng.standard_normal(DIM), 5, filter="id LIKE 's%'")
+            assert len(hits) == 5
+            assert len({h.id for h in hits}) == 5
+            await anyio.lowlevel.checkpoint()
 
     async def reader(filtered: bool) -> None:
         while not done.is_set():
@@ -500,9 +514,12 @@ async def test_searches_never_see_half_a_batch(store: VectorStore) -> None:
             assert all(count == size for count in groups.values()), groups
             await anyio.lowlevel.checkpoint()
 
+    await store.insert("t", batch(0))
     async with anyio.create_task_group() as tg:
         tg.start_soon(writer)
         tg.start_soon(reader, False)
         tg.start_soon(reader, True)
-    assert seen
+        tg.start_soon(small_k_reader)
     assert all(len(generations) == 1 for generations in seen), seen
+    # The readers really ran alongside the writer: they saw several generations go by.
+    assert len(set().union(*seen)) > 1, seen

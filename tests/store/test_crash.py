@@ -15,7 +15,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tests.store.crash_writer import BATCH, SHARED
+import anyio
+import numpy as np
+
+from store.sqlite import SQLiteStore
+from tests.store.crash_writer import BATCH, DIM, SHARED
 
 ROUNDS = int(os.environ.get("SATCHEL_CRASH_ROUNDS", "8"))
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,4 +79,15 @@ def test_sigkill_never_leaves_half_a_batch(tmp_path: Path) -> None:
         assert shared_count == SHARED
         assert shared_batches == [f"batch-{max(present)}"]
         first = max(present) + 1
+        anyio.run(agrees_with_the_file, db, len(present) * BATCH + SHARED)
     assert len(acked) >= ROUNDS
+
+
+async def agrees_with_the_file(db: Path, rows: int) -> None:
+    """Reopened through the store, the file counts and searches whole."""
+    async with SQLiteStore(db) as store:
+        assert await store.count("t") == rows
+        hits = await store.search("t", np.ones(DIM), rows + 10)
+        assert len(hits) == rows
+        shared = await store.search("t", np.ones(DIM), rows, filter="id LIKE 'shared-%'")
+        assert len(shared) == SHARED

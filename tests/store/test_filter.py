@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from store.base import InvalidFilter, Record, tags_to_json
 from store.filter import (
+    MAX_CONDITIONS,
     MAX_DEPTH,
     MAX_LENGTH,
     TEXT_COLUMNS,
@@ -123,13 +124,13 @@ def test_renders_lance_with_every_literal_escaped() -> None:
 # -- generated trees ------------------------------------------------------------------------------
 
 # A small alphabet makes matches likely and covers the characters that need care.
-VALUE_CHARS = st.sampled_from(list("ab'%_\\ é文🦀\n"))
+VALUE_CHARS = st.sampled_from(list("abA'%_\\*?[ é文🦀\n"))
 values = st.text(VALUE_CHARS, max_size=4)
 
 
 def like_patterns() -> st.SearchStrategy[str]:
     piece = st.one_of(
-        st.sampled_from(["%", "_", "a", "b", "'", "é", " "]),
+        st.sampled_from(["%", "_", "a", "b", "A", "'", "é", " ", "*", "?", "["]),
         st.sampled_from(["\\%", "\\_", "\\\\", "\\a"]),
     )
     return st.lists(piece, max_size=5).map("".join)
@@ -273,19 +274,69 @@ def test_injection_attempts_are_rejected(text: str) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["'; DROP TABLE vectors_t; --", "' OR '1'='1", "\\'", "%' OR 1 --", 'x"y', "-- /* */"],
+    ["'; DROP TABLE vectors_t; --", "' OR '1'='1", "\\'", "%' OR 1 --", 'x"y', "-- /* */", "[*?]"],
 )
 def test_hostile_literals_are_only_ever_values(db: sqlite3.Connection, value: str) -> None:
-    quoted = "'" + value.replace("'", "''") + "'"
-    tree = parse(f"source_id = {quoted} OR text_chunk LIKE {quoted.replace(chr(92), '')}")
-    sql, params = to_sqlite(tree)
-    # The SQL is the fixed template whatever the literal; the literal is only a parameter.
-    assert sql == '("source_id" = ? OR "text_chunk" LIKE ? ESCAPE \'\\\')'
-    assert params[0] == value
     db.execute("DELETE FROM r")
-    db.execute(
-        "INSERT INTO r VALUES (0, 'a', ?, 'page', 'other', '2024-01-01T00:00:00.000Z', '[]')",
-        (value,),
+    db.executemany(
+        "INSERT INTO r VALUES (?, 'a', ?, 'page', ?, '2024-01-01T00:00:00.000Z', '[]')",
+        [(0, value, value), (1, "other", "other")],
     )
-    assert db.execute(f"SELECT n FROM r WHERE {sql}", params).fetchall() == [(0,)]
-    assert db.execute("SELECT count(*) FROM r").fetchone() == (1,)
+    literal = value.replace("'", "''")
+    # The same value as a LIKE pattern that matches it literally.
+    pattern = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    pattern = pattern.replace("'", "''")
+    for text, template in (
+        (f"source_id = '{literal}'", '"source_id" = ?'),
+        (f"text_chunk LIKE '{pattern}'", '"text_chunk" GLOB ?'),
+    ):
+        sql, params = to_sqlite(parse(text))
+        # The SQL is the fixed template whatever the literal; the literal is only a parameter.
+        assert sql == template
+        assert db.execute(f"SELECT n FROM r WHERE {sql}", params).fetchall() == [(0,)]
+    assert db.execute("SELECT count(*) FROM r").fetchone() == (2,)
+
+
+def test_like_is_case_sensitive_and_glob_characters_are_literal(db: sqlite3.Connection) -> None:
+    texts = ["a*b", "a?b", "a[b]", "axb", "ABC", "abc", "a\\nb"]
+    db.execute("DELETE FROM r")
+    db.executemany(
+        "INSERT INTO r VALUES (?, 'a', 's', 'page', ?, '2024-01-01T00:00:00.000Z', '[]')",
+        list(enumerate(texts)),
+    )
+
+    def select(pattern: str) -> list[str]:
+        sql, params = to_sqlite(parse(f"text_chunk LIKE '{pattern}'"))
+        rows = db.execute(f"SELECT n FROM r WHERE {sql} ORDER BY n", params)
+        return [texts[n] for (n,) in rows]
+
+    assert select("a*b") == ["a*b"]
+    assert select("a?b") == ["a?b"]
+    assert select("a_b") == ["a*b", "a?b", "axb"]
+    assert select("a[b%") == ["a[b]"]
+    assert select("abc") == ["abc"]
+    assert select("A%") == ["ABC"]
+    assert select("a\\\\nb") == ["a\\nb"]  # an escaped backslash
+
+
+def test_created_at_literals_are_normalised_like_stored_values() -> None:
+    assert parse("created_at >= '2024-05-01T14:00:00+02:00'") == Compare(
+        "created_at", ">=", "2024-05-01T12:00:00.000Z"
+    )
+    assert parse("created_at IN ('2024-05-01T12:00:00Z')") == In(
+        "created_at", ("2024-05-01T12:00:00.000Z",)
+    )
+    assert parse("created_at < '2024-05-01'") == Compare("created_at", "<", "2024-05-01")
+    assert parse("source_id = '2024-05-01T12:00:00Z'") == Compare(
+        "source_id", "=", "2024-05-01T12:00:00Z"
+    )
+
+
+def test_condition_count_is_capped_below_sqlites_depth_limit(db: sqlite3.Connection) -> None:
+    many = " OR ".join(["id = 'x'"] * MAX_CONDITIONS)
+    sql, params = to_sqlite(parse(many))
+    db.execute(f"SELECT n FROM r WHERE {sql}", params).fetchall()  # SQLite accepts it
+    with pytest.raises(InvalidFilter, match=f"more than {MAX_CONDITIONS} conditions"):
+        parse(many + " OR id = 'y'")
+    with pytest.raises(InvalidFilter, match="conditions"):
+        parse("id=''OR " * 1000 + "id=''")

@@ -44,7 +44,9 @@ def records(draw: st.DrawFn) -> Record:
         id=draw(IDS),
         source_id=draw(st.sampled_from(["s1", "s2", "s10"])),
         source_type=draw(st.sampled_from(["feed", "page"])),
-        text_chunk=draw(st.text(st.characters(exclude_categories=["Cs"]), max_size=5)),
+        text_chunk=draw(
+            st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=5)
+        ),
         embedding=np.array(draw(VECTORS), np.float32),
         created_at=draw(st.sampled_from(["2024-01-01T00:00:00Z", "2024-07-01T00:00:00Z"])),
         tags=draw(st.lists(st.sampled_from(["x", "y"]), max_size=2)),
