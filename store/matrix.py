@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from store.base import Vector
 
-__all__ = ["BLOCK_ROWS", "Matrix", "MatrixOutOfStep", "TopK", "unit_rows"]
+__all__ = ["BLOCK_ROWS", "Matrix", "MatrixOutOfStep", "TopK", "unit_rows", "write_unit_rows"]
 
 BLOCK_ROWS = 65_536
 """Rows per block. At 1M x 768 one search over 16K-row blocks measured 244 ms, over 64K-row
@@ -49,11 +49,27 @@ class MatrixOutOfStep(Exception):  # noqa: N818 - a condition, not a failure of 
 
 
 def unit_rows(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """Rows scaled to unit length. Norms are taken in float64: squaring a float32 component
-    of 1e-30 or 1e20 would underflow or overflow and poison the row."""
-    wide = vectors.astype(np.float64)
-    wide /= np.sqrt(np.einsum("ij,ij->i", wide, wide))[:, None]
-    return wide.astype(np.float32)
+    """Rows scaled to unit length, as a new array (see `write_unit_rows`)."""
+    out = np.empty(vectors.shape, np.float32)
+    write_unit_rows(vectors, out)
+    return out
+
+
+def write_unit_rows(vectors: npt.NDArray[np.float32], out: npt.NDArray[np.float32]) -> None:
+    """Write `vectors` scaled to unit length into `out`, allocating nothing row-sized.
+
+    Fresh large allocations are slow where page faults are (a 12 MiB temporary measured 50 ms
+    in a VM, against 7 ms for the same arithmetic in place), so rows go straight to their
+    destination. Squared norms are summed in float32; a row whose squared norm leaves float32's
+    comfortable range (components near 1e-20 or 1e19) is redone in float64.
+    """
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        squared = np.einsum("ij,ij->i", vectors, vectors)
+        np.multiply(vectors, (1.0 / np.sqrt(squared)).astype(np.float32)[:, None], out=out)
+    extreme = ~((squared > 1e-30) & (squared < 1e30))
+    if extreme.any():
+        wide = vectors[extreme].astype(np.float64)
+        out[extreme] = (wide / np.linalg.norm(wide, axis=1, keepdims=True)).astype(np.float32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +109,14 @@ class Matrix:
 
     # -- writers ------------------------------------------------------------------------------
 
-    def appended(self, rowids: Int64s, unit: npt.NDArray[np.float32], version: int) -> Matrix:
-        """A snapshot with these rows added; `rowids` must exceed every rowid already held."""
+    def appended(
+        self, rowids: Int64s, vectors: npt.NDArray[np.float32], version: int, *, unit: bool = False
+    ) -> Matrix:
+        """A snapshot with these rows added; `rowids` must exceed every rowid already held.
+
+        The vectors are normalised on their way into the blocks, unless `unit` says they are
+        unit-length already.
+        """
         m = len(rowids)
         if m == 0:
             return dataclasses.replace(self, version=version)
@@ -112,7 +134,11 @@ class Matrix:
             slot = start + done
             block, row = divmod(slot, self.block_rows)
             take = min(m - done, self.block_rows - row)
-            blocks[block][row : row + take] = unit[done : done + take]
+            destination = blocks[block][row : row + take]
+            if unit:
+                destination[:] = vectors[done : done + take]
+            else:
+                write_unit_rows(vectors[done : done + take], destination)
             done += take
         ids = self.rowids
         alive = self.alive
@@ -146,7 +172,7 @@ class Matrix:
         fresh = Matrix.empty(self.dim, self.version, block_rows=self.block_rows)
         for start in range(0, len(keep), self.block_rows):
             slots = keep[start : start + self.block_rows]
-            fresh = fresh.appended(self.rowids[slots], self._gather(slots), self.version)
+            fresh = fresh.appended(self.rowids[slots], self._gather(slots), self.version, unit=True)
         return fresh
 
     # -- readers ------------------------------------------------------------------------------

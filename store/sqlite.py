@@ -54,7 +54,7 @@ from store.base import (
     tags_from_json,
     tags_to_json,
 )
-from store.matrix import Matrix, MatrixOutOfStep, TopK, unit_rows
+from store.matrix import Matrix, MatrixOutOfStep, TopK
 
 __all__ = ["SQLiteStore"]
 
@@ -368,9 +368,7 @@ class SQLiteStore:
             )
             for r in batch
         ]
-        unit = await anyio.to_thread.run_sync(
-            unit_rows, np.stack([r.embedding for r in batch]), limiter=self._compute
-        )
+        vectors = np.stack([r.embedding for r in batch])
         with self._errors("insert", table):
             await self._matrix(t)
         async with self._write("insert", table) as writer:
@@ -381,7 +379,7 @@ class SQLiteStore:
                 matrix = await self._matrix(t, locked=True)
             else:
                 matrix = matrix.without(replaced, version) if len(replaced) else matrix
-            await self._publish(t, lambda: matrix.appended(fresh, unit, version))
+            await self._publish(t, lambda: matrix.appended(fresh, vectors, version))
 
     async def _upsert_rows(
         self, writer: aiosqlite.Connection, t: _Table, rows: list[tuple[Any, ...]]
@@ -611,7 +609,7 @@ def _load_matrix(path: Path, name: str, dim: int) -> Matrix:
             rowids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
             raw = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4")
             vectors = raw.reshape(len(rows), dim).astype(np.float32, copy=False)
-            matrix = matrix.appended(rowids, unit_rows(vectors), version)
+            matrix = matrix.appended(rowids, vectors, version)
         conn.execute("COMMIT")
         return matrix
     finally:
