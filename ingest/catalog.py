@@ -1,0 +1,287 @@
+"""The catalog: the daemon's own SQLite file (separate from the vector file).
+
+It holds what Satchel knows about its inputs rather than the vectors themselves:
+
+- ``sources``: one row per source id (a page URL, a feed entry, a file): type, url, title,
+  the hash of its extracted text, state, chunk count, first/last seen, last error.
+- ``source_chunks``: which chunk ids a source produced last time, so that when the source
+  changes, the chunks that vanished can be deleted from the vector store.
+- ``vector_tables``: which embedding model (and dimension) made each vector table, so vectors
+  of two models never mix in one table.
+- ``jobs``: the durable ingest queue (see `ingest.queue`, which owns its rows).
+
+`Catalog` owns the one connection to the file; the queue and the pipeline borrow it and
+serialise their transactions through `Catalog.transaction()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Self
+
+import aiosqlite
+import anyio
+
+from ingest.errors import ModelMismatch, QueueClosed
+from store import sqlitedb
+
+__all__ = ["Catalog", "SourceInfo", "TableModel"]
+
+MIGRATIONS: Final[tuple[sqlitedb.Migration, ...]] = (
+    (
+        "0001_catalog",
+        """
+        CREATE TABLE sources (
+            id TEXT PRIMARY KEY,
+            type TEXT NOT NULL,
+            url TEXT,
+            title TEXT,
+            lang TEXT,
+            content_hash TEXT,
+            state TEXT NOT NULL CHECK (state IN ('pending', 'ok', 'failed')),
+            chunk_count INTEGER NOT NULL DEFAULT 0,
+            first_seen TEXT NOT NULL,
+            last_seen TEXT NOT NULL,
+            last_error TEXT
+        );
+        CREATE TABLE source_chunks (
+            source_id TEXT NOT NULL,
+            chunk_id TEXT NOT NULL,
+            PRIMARY KEY (source_id, chunk_id)
+        ) WITHOUT ROWID;
+        CREATE TABLE vector_tables (
+            name TEXT PRIMARY KEY,
+            model TEXT NOT NULL,
+            dim INTEGER NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            source_id TEXT NOT NULL,
+            payload TEXT,
+            state TEXT NOT NULL
+                CHECK (state IN ('pending', 'running', 'done', 'failed', 'superseded')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            lost INTEGER NOT NULL DEFAULT 0,
+            not_before REAL NOT NULL DEFAULT 0,
+            lease_until REAL,
+            last_error TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE INDEX jobs_ready ON jobs (state, id);
+        CREATE INDEX jobs_source ON jobs (source_id, state)
+        """,
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInfo:
+    """A `sources` row."""
+
+    id: str
+    type: str
+    url: str | None
+    title: str | None
+    lang: str | None
+    content_hash: str | None
+    state: str
+    chunk_count: int
+    first_seen: str
+    last_seen: str
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TableModel:
+    """Which model made a vector table."""
+
+    name: str
+    model: str
+    dim: int
+
+
+class Catalog:
+    """The daemon's SQLite file. ``async with Catalog(path) as catalog: ...``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._conn: aiosqlite.Connection | None = None
+        self._lock = anyio.Lock()
+        self._closed = False
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        """Open the file and bring its schema up to date."""
+        if self._conn is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Catalog rows are small: the default page size suits them.
+        conn = await sqlitedb.connect(self.path, page_size=4096)
+        try:
+            await sqlitedb.migrate(conn, self.path, MIGRATIONS)
+        except BaseException:
+            await conn.close()
+            raise
+        self._conn = conn
+
+    async def aclose(self) -> None:
+        """Close the connection; idempotent. Waits for a transaction in progress."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            async with self._lock:
+                if self._conn is not None:
+                    await self._conn.close()
+                    self._conn = None
+
+    @property
+    def conn(self) -> aiosqlite.Connection:
+        """The connection, for reads that need no transaction."""
+        if self._conn is None or self._closed:
+            raise QueueClosed(f"the catalog {self.path} is closed")
+        return self._conn
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction, shielded so that a cancelled caller never leaves
+        it half done; commits on success, rolls back on error."""
+        with anyio.CancelScope(shield=True):
+            async with self._lock:
+                conn = self.conn
+                await conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    await conn.execute("ROLLBACK")
+                    raise
+                await conn.execute("COMMIT")
+
+    # -- vector tables ------------------------------------------------------------------------
+
+    async def table_model(self, name: str) -> TableModel | None:
+        """The model recorded for a vector table, if any."""
+        async with self.conn.execute(
+            "SELECT name, model, dim FROM vector_tables WHERE name = ?", (name,)
+        ) as cur:
+            row = await cur.fetchone()
+        return TableModel(row[0], row[1], row[2]) if row else None
+
+    async def bind_table(self, name: str, model: str, dim: int) -> TableModel:
+        """Record that `model` makes `name`'s vectors, or check that it already does.
+
+        Raises `ModelMismatch` naming the model the table expects.
+        """
+        async with self.transaction() as conn:
+            async with conn.execute(
+                "SELECT model, dim FROM vector_tables WHERE name = ?", (name,)
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                await conn.execute(
+                    "INSERT INTO vector_tables (name, model, dim, created_at) VALUES (?, ?, ?, ?)",
+                    (name, model, dim, sqlitedb.utc_now()),
+                )
+                return TableModel(name, model, dim)
+        if (row[0], row[1]) != (model, dim):
+            raise ModelMismatch(
+                f"table {name!r} holds {row[1]}-dimensional vectors from model {row[0]!r}; "
+                f"the embedder is {model!r} ({dim} dimensions). Configure {row[0]!r} again, "
+                "or use another table"
+            )
+        return TableModel(name, model, dim)
+
+    # -- sources ------------------------------------------------------------------------------
+
+    async def source(self, source_id: str) -> SourceInfo | None:
+        """A source's row, if known."""
+        async with self.conn.execute(
+            "SELECT id, type, url, title, lang, content_hash, state, chunk_count, first_seen, "
+            "last_seen, last_error FROM sources WHERE id = ?",
+            (source_id,),
+        ) as cur:
+            row = await cur.fetchone()
+        return SourceInfo(*row) if row else None
+
+    async def sources(self, *, limit: int = 1000, after: str = "") -> list[SourceInfo]:
+        """Sources in id order, `limit` at a time, starting after id `after`."""
+        async with self.conn.execute(
+            "SELECT id, type, url, title, lang, content_hash, state, chunk_count, first_seen, "
+            "last_seen, last_error FROM sources WHERE id > ? ORDER BY id LIMIT ?",
+            (after, limit),
+        ) as cur:
+            return [SourceInfo(*row) for row in await cur.fetchall()]
+
+    async def chunk_ids(self, source_id: str) -> set[str]:
+        """The chunk ids the source produced when it was last ingested."""
+        async with self.conn.execute(
+            "SELECT chunk_id FROM source_chunks WHERE source_id = ?", (source_id,)
+        ) as cur:
+            return {row[0] for row in await cur.fetchall()}
+
+    @staticmethod
+    async def record_source(
+        conn: aiosqlite.Connection,
+        *,
+        source_id: str,
+        source_type: str,
+        url: str | None,
+        title: str | None,
+        lang: str | None,
+        content_hash: str,
+        chunk_ids: Sequence[str],
+    ) -> None:
+        """Within a transaction: the source was ingested and now has exactly these chunks."""
+        now = sqlitedb.utc_now()
+        await conn.execute(
+            """
+            INSERT INTO sources (id, type, url, title, lang, content_hash, state, chunk_count,
+                                 first_seen, last_seen, last_error)
+            VALUES (?, ?, ?, ?, ?, ?, 'ok', ?, ?, ?, NULL)
+            ON CONFLICT (id) DO UPDATE SET
+                type = excluded.type, url = excluded.url, title = excluded.title,
+                lang = excluded.lang, content_hash = excluded.content_hash, state = 'ok',
+                chunk_count = excluded.chunk_count, last_seen = excluded.last_seen,
+                last_error = NULL
+            """,
+            (source_id, source_type, url, title, lang, content_hash, len(chunk_ids), now, now),
+        )
+        await conn.execute("DELETE FROM source_chunks WHERE source_id = ?", (source_id,))
+        await conn.executemany(
+            "INSERT INTO source_chunks (source_id, chunk_id) VALUES (?, ?)",
+            [(source_id, chunk) for chunk in chunk_ids],
+        )
+
+    @staticmethod
+    async def record_failure(
+        conn: aiosqlite.Connection, *, source_id: str, source_type: str, error: str
+    ) -> None:
+        """Within a transaction: the source could not be ingested, for this reason."""
+        now = sqlitedb.utc_now()
+        await conn.execute(
+            """
+            INSERT INTO sources (id, type, state, first_seen, last_seen, last_error)
+            VALUES (?, ?, 'failed', ?, ?, ?)
+            ON CONFLICT (id) DO UPDATE SET state = 'failed', last_seen = excluded.last_seen,
+                last_error = excluded.last_error
+            """,
+            (source_id, source_type, now, now, error),
+        )
+
+    async def touch_source(self, source_id: str) -> None:
+        """The source was seen again, unchanged."""
+        async with self.transaction() as conn:
+            await conn.execute(
+                "UPDATE sources SET last_seen = ? WHERE id = ?", (sqlitedb.utc_now(), source_id)
+            )

@@ -1,0 +1,329 @@
+"""The durable ingest queue: jobs live in the catalog's SQLite file.
+
+Lifecycle of a job::
+
+    enqueue ──► pending ──claim──► running ──complete──► done
+                  ▲  │               │ lease expires: claimable again
+                  │  └─ superseded   ├─ retry_later (transient): pending, after a backoff
+                  └──────────────────┤
+                                     └─ fail (permanent, after a few attempts): failed
+
+- `enqueue` returns a job id only after the job's row is committed, so an acknowledged
+  document survives ``kill -9``. Concurrent enqueues share transactions (group commit): whoever
+  holds the commit lock writes every pending job at once, so fifty producers pay for one fsync,
+  not fifty.
+- A newer document for a source supersedes that source's pending job (only the latest content
+  matters). At most one job per source runs at a time, so an older version never lands after a
+  newer one.
+- Workers `claim` a job with a lease and `renew` it while they work. A job whose worker died is
+  claimed again when its lease runs out; one that has lost its worker `MAX_LOST` times (it kills
+  the process, say) is failed with that message rather than retried forever.
+- Memory stays bounded however long the queue: payloads stay in SQLite until a worker claims
+  them, one job at a time.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+import aiosqlite
+import anyio
+
+from ingest.catalog import Catalog
+from ingest.documents import Document
+from ingest.errors import IngestError
+
+__all__ = ["Job", "JobInfo", "Queue", "QueueSettings", "QueueStats"]
+
+MAX_LOST: Final = 5
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    """Timings and limits; every one is configurable so that tests can shrink them."""
+
+    lease_seconds: float = 120.0
+    backoff_initial: float = 1.0
+    backoff_max: float = 300.0
+    permanent_attempts: int = 3
+    max_batch: int = 500  # jobs per group-commit transaction
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A claimed job: what a worker needs to process it."""
+
+    id: int
+    source_id: str
+    payload: str
+    attempts: int  # including this one
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    """A job's state, for `GET /jobs/{id}`."""
+
+    id: int
+    source_id: str
+    state: str
+    attempts: int
+    last_error: str | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """What the daemon's status shows about ingestion."""
+
+    pending: int
+    in_flight: int
+    failed: int
+    done: int
+    oldest_pending_age: float | None
+    last_error: str | None
+    waiting_reason: str | None
+
+
+@dataclass(slots=True)
+class _Waiter:
+    source_id: str
+    payload: str
+    job_id: int | None = None
+    error: BaseException | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+class Queue:
+    """The jobs table of a `Catalog`, as a durable work queue (see the module docstring)."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        settings: QueueSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.catalog = catalog
+        self.settings = settings or QueueSettings()
+        self._clock = clock
+        self._pending: list[_Waiter] = []
+        self._commit_lock = anyio.Lock()
+        self._work = anyio.Event()
+        self.waiting_reason: str | None = None
+
+    # -- producers ----------------------------------------------------------------------------
+
+    async def enqueue(self, document: Document) -> int:
+        """Store a job for `document`; return its id once the job row is committed."""
+        waiter = _Waiter(document.source_id, document.to_json())
+        self._pending.append(waiter)
+        try:
+            while waiter.job_id is None and waiter.error is None:
+                async with self._commit_lock:
+                    if waiter.job_id is None and waiter.error is None:
+                        await self._commit_pending()
+        except BaseException:
+            if waiter in self._pending:  # cancelled before anyone took it: it never was
+                self._pending.remove(waiter)
+            raise
+        if waiter.error is not None:
+            raise IngestError(f"could not store the job: {waiter.error}") from waiter.error
+        return waiter.job_id  # type: ignore[return-value]  # set when error is None
+
+    async def _commit_pending(self) -> None:
+        batch = self._pending[: self.settings.max_batch]
+        del self._pending[: len(batch)]
+        now = self._clock()
+        try:
+            async with self.catalog.transaction() as conn:
+                for waiter in batch:
+                    # The newest content wins: an older pending job for the source is moot.
+                    await conn.execute(
+                        "UPDATE jobs SET state = 'superseded', payload = NULL, updated_at = ? "
+                        "WHERE source_id = ? AND state = 'pending'",
+                        (now, waiter.source_id),
+                    )
+                    async with conn.execute(
+                        "INSERT INTO jobs (source_id, payload, state, created_at, updated_at) "
+                        "VALUES (?, ?, 'pending', ?, ?) RETURNING id",
+                        (waiter.source_id, waiter.payload, now, now),
+                    ) as cur:
+                        row = await cur.fetchone()
+                    assert row is not None
+                    waiter.job_id = int(row[0])
+        except BaseException as exc:
+            for waiter in batch:
+                waiter.job_id = None
+                waiter.error = exc
+            raise
+        self._wake()
+
+    def _wake(self) -> None:
+        self._work.set()
+        self._work = anyio.Event()
+
+    # -- workers ------------------------------------------------------------------------------
+
+    async def wait_for_work(self, patience: float) -> None:
+        """Return when a job may have become claimable, or after `patience` seconds (a job in
+        backoff becomes claimable without anyone saying so)."""
+        with anyio.move_on_after(patience):
+            await self._work.wait()
+
+    async def claim(self) -> Job | None:
+        """The oldest claimable job, now leased to the caller; None when there is none."""
+        now = self._clock()
+        async with self.catalog.transaction() as conn:
+            lost = await self._fail_lost_jobs(conn, now)
+            async with conn.execute(
+                """
+                SELECT id, source_id, payload, attempts, state FROM jobs AS j
+                WHERE ((state = 'pending' AND not_before <= ?)
+                       OR (state = 'running' AND lease_until < ?))
+                  AND NOT EXISTS (
+                      SELECT 1 FROM jobs AS other
+                      WHERE other.source_id = j.source_id AND other.state = 'running'
+                        AND other.lease_until >= ? AND other.id != j.id)
+                ORDER BY id LIMIT 1
+                """,
+                (now, now, now),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return None
+            job_id, source_id, payload, attempts, state = row
+            await conn.execute(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = ?, "
+                "lost = lost + ?, updated_at = ? WHERE id = ?",
+                (now + self.settings.lease_seconds, 1 if state == "running" else 0, now, job_id),
+            )
+        if lost:
+            self._wake()
+        return Job(job_id, source_id, payload, attempts + 1)
+
+    async def _fail_lost_jobs(self, conn: aiosqlite.Connection, now: float) -> int:
+        """Fail jobs whose lease ran out MAX_LOST times: they kill their worker."""
+        async with conn.execute(
+            "UPDATE jobs SET state = 'failed', payload = NULL, updated_at = ?, "
+            "last_error = 'the worker was lost ' || lost || ' times while processing this job "
+            "(it may crash or hang the process); not retried' "
+            "WHERE state = 'running' AND lease_until < ? AND lost + 1 >= ? RETURNING id",
+            (now, now, MAX_LOST),
+        ) as cur:
+            return len(list(await cur.fetchall()))
+
+    async def renew(self, job: Job) -> None:
+        """Extend the job's lease: the worker is still on it."""
+        now = self._clock()
+        async with self.catalog.transaction() as conn:
+            await conn.execute(
+                "UPDATE jobs SET lease_until = ?, updated_at = ? "
+                "WHERE id = ? AND state = 'running'",
+                (now + self.settings.lease_seconds, now, job.id),
+            )
+
+    @staticmethod
+    async def mark_done(conn: aiosqlite.Connection, job: Job, now: float) -> None:
+        """Within the caller's transaction (with the results the job produced): it is done."""
+        await conn.execute(
+            "UPDATE jobs SET state = 'done', payload = NULL, lease_until = NULL, "
+            "last_error = NULL, updated_at = ? WHERE id = ?",
+            (now, job.id),
+        )
+
+    async def complete(self, job: Job) -> None:
+        """The job is done (for work whose results need no transaction of their own)."""
+        async with self.catalog.transaction() as conn:
+            await self.mark_done(conn, job, self._clock())
+        self.waiting_reason = None
+
+    def backoff(self, attempt: int) -> float:
+        """Capped exponential backoff with full jitter, for the `attempt`-th retry."""
+        ceiling = min(
+            self.settings.backoff_max, self.settings.backoff_initial * 2 ** min(attempt - 1, 30)
+        )
+        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not secrecy
+
+    async def retry_later(self, job: Job, error: str, *, delay: float) -> None:
+        """Put the job back; it becomes claimable after `delay` seconds."""
+        now = self._clock()
+        async with self.catalog.transaction() as conn:
+            await conn.execute(
+                "UPDATE jobs SET state = 'pending', not_before = ?, lease_until = NULL, "
+                "last_error = ?, updated_at = ? WHERE id = ?",
+                (now + delay, error, now, job.id),
+            )
+
+    async def release(self, job: Job) -> None:
+        """Give the job back untouched (shutdown): claimable at once, the attempt not counted."""
+        now = self._clock()
+        async with self.catalog.transaction() as conn:
+            await conn.execute(
+                "UPDATE jobs SET state = 'pending', attempts = attempts - 1, lease_until = NULL, "
+                "updated_at = ? WHERE id = ? AND state = 'running'",
+                (now, job.id),
+            )
+        self._wake()
+
+    async def fail(self, job: Job, error: str) -> None:
+        """The job can never succeed: mark it failed with the reason."""
+        now = self._clock()
+        async with self.catalog.transaction() as conn:
+            await conn.execute(
+                "UPDATE jobs SET state = 'failed', payload = NULL, lease_until = NULL, "
+                "last_error = ?, updated_at = ? WHERE id = ?",
+                (error, now, job.id),
+            )
+
+    # -- status -------------------------------------------------------------------------------
+
+    async def job(self, job_id: int) -> JobInfo | None:
+        """A job's state, if it exists."""
+        async with self.catalog.conn.execute(
+            "SELECT id, source_id, state, attempts, last_error, created_at, updated_at "
+            "FROM jobs WHERE id = ?",
+            (job_id,),
+        ) as cur:
+            row = await cur.fetchone()
+        return JobInfo(*row) if row else None
+
+    async def stats(self) -> QueueStats:
+        """Depth, age, in-flight, failures and why the queue waits, for status."""
+        now = self._clock()
+        conn = self.catalog.conn
+        async with conn.execute(
+            "SELECT state, COUNT(*), MIN(created_at) FROM jobs GROUP BY state"
+        ) as cur:
+            rows = {state: (count, oldest) for state, count, oldest in await cur.fetchall()}
+        async with conn.execute(
+            "SELECT last_error FROM jobs WHERE state = 'failed' ORDER BY updated_at DESC LIMIT 1"
+        ) as cur:
+            failed_row = await cur.fetchone()
+        pending, oldest = rows.get("pending", (0, None))
+        return QueueStats(
+            pending=pending,
+            in_flight=rows.get("running", (0, None))[0],
+            failed=rows.get("failed", (0, None))[0],
+            done=rows.get("done", (0, None))[0],
+            oldest_pending_age=None if oldest is None else max(0.0, now - oldest),
+            last_error=failed_row[0] if failed_row else None,
+            waiting_reason=self.waiting_reason if pending else None,
+        )
+
+    async def prune(self, older_than: float) -> int:
+        """Delete finished jobs last touched more than `older_than` seconds ago."""
+        cutoff = self._clock() - older_than
+        async with (
+            self.catalog.transaction() as conn,
+            conn.execute(
+                "DELETE FROM jobs WHERE state IN ('done', 'superseded') AND updated_at < ? "
+                "RETURNING id",
+                (cutoff,),
+            ) as cur,
+        ):
+            return len(list(await cur.fetchall()))
