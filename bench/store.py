@@ -96,9 +96,13 @@ def p50_ms(samples: list[float]) -> float:
 def recall_hits(data: F32, query: F32, found: list[int], k: int) -> int:
     """How many of `found` belong in the exact top k: rows scoring at least the exact k-th
     score (in float64), so a tie at the k-th place counts whichever tied row was returned."""
-    scores = data.astype(np.float64) @ query.astype(np.float64)
-    kth = np.partition(scores, len(scores) - k)[len(scores) - k]
-    return sum(1 for i in found if scores[i] >= kth - 1e-9)
+    rough = data @ query  # float32 finds the neighbourhood of the k-th score...
+    kth_rough = np.partition(rough, len(rough) - k)[len(rough) - k]
+    near = np.flatnonzero(rough >= kth_rough - 1e-3)
+    exact = data[near].astype(np.float64) @ query.astype(np.float64)  # ...float64 settles it
+    kth = np.partition(exact, len(exact) - k)[len(exact) - k]
+    wanted = {int(i) for i, s in zip(near, exact, strict=True) if s >= kth - 1e-9}
+    return sum(1 for i in found if i in wanted)
 
 
 @dataclass

@@ -28,7 +28,7 @@ import anyio
 from ingest.errors import ModelMismatch, QueueClosed
 from store import sqlitedb
 
-__all__ = ["Catalog", "SourceInfo", "TableModel"]
+__all__ = ["Catalog", "Ingested", "SourceInfo", "TableModel"]
 
 MIGRATIONS: Final[tuple[sqlitedb.Migration, ...]] = (
     (
@@ -79,6 +79,12 @@ MIGRATIONS: Final[tuple[sqlitedb.Migration, ...]] = (
 )
 
 
+_SOURCE_COLUMNS: Final = (
+    "id, type, url, title, lang, content_hash, state, chunk_count, first_seen, last_seen, "
+    "last_error"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class SourceInfo:
     """A `sources` row."""
@@ -94,6 +100,19 @@ class SourceInfo:
     first_seen: str
     last_seen: str
     last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ingested:
+    """What ingesting one source produced, for `Catalog.record_sources`."""
+
+    source_id: str
+    source_type: str
+    url: str | None
+    title: str | None
+    lang: str | None
+    content_hash: str
+    chunk_ids: Sequence[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +132,7 @@ class Catalog:
         self._conn: aiosqlite.Connection | None = None
         self._lock = anyio.Lock()
         self._closed = False
+        self._durable = True  # sqlitedb.connect sets synchronous = FULL
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -154,12 +174,21 @@ class Catalog:
         return self._conn
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def transaction(self, *, durable: bool = True) -> AsyncIterator[aiosqlite.Connection]:
         """One ``BEGIN IMMEDIATE`` transaction, shielded so that a cancelled caller never leaves
-        it half done; commits on success, rolls back on error."""
+        it half done; commits on success, rolls back on error.
+
+        `durable` transactions are on disk when they commit (fsync). The others survive a killed
+        process but may be lost with power: use them only for what a replay redoes harmlessly
+        (claims, renewals, completions of idempotent work). In WAL mode the next durable commit
+        flushes every earlier one too.
+        """
         with anyio.CancelScope(shield=True):
             async with self._lock:
                 conn = self.conn
+                if durable != self._durable:
+                    await conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+                    self._durable = durable
                 await conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield conn
@@ -172,11 +201,12 @@ class Catalog:
 
     async def table_model(self, name: str) -> TableModel | None:
         """The model recorded for a vector table, if any."""
-        async with self.conn.execute(
-            "SELECT name, model, dim FROM vector_tables WHERE name = ?", (name,)
-        ) as cur:
-            row = await cur.fetchone()
-        return TableModel(row[0], row[1], row[2]) if row else None
+        rows = list(
+            await self.conn.execute_fetchall(
+                "SELECT name, model, dim FROM vector_tables WHERE name = ?", (name,)
+            )
+        )
+        return TableModel(rows[0][0], rows[0][1], rows[0][2]) if rows else None
 
     async def bind_table(self, name: str, model: str, dim: int) -> TableModel:
         """Record that `model` makes `name`'s vectors, or check that it already does.
@@ -206,45 +236,55 @@ class Catalog:
 
     async def source(self, source_id: str) -> SourceInfo | None:
         """A source's row, if known."""
-        async with self.conn.execute(
-            "SELECT id, type, url, title, lang, content_hash, state, chunk_count, first_seen, "
-            "last_seen, last_error FROM sources WHERE id = ?",
-            (source_id,),
-        ) as cur:
-            row = await cur.fetchone()
-        return SourceInfo(*row) if row else None
+        found = await self.sources_by_id([source_id])
+        return found.get(source_id)
+
+    async def sources_by_id(self, source_ids: Sequence[str]) -> dict[str, SourceInfo]:
+        """The rows of those sources that are known, by id (one query per 500 ids)."""
+        found: dict[str, SourceInfo] = {}
+        for start in range(0, len(source_ids), 500):
+            part = list(source_ids[start : start + 500])
+            marks = ",".join("?" * len(part))
+            rows = await self.conn.execute_fetchall(
+                f"SELECT {_SOURCE_COLUMNS} FROM sources WHERE id IN ({marks})", part
+            )
+            found.update({row[0]: SourceInfo(*row) for row in rows})
+        return found
 
     async def sources(self, *, limit: int = 1000, after: str = "") -> list[SourceInfo]:
         """Sources in id order, `limit` at a time, starting after id `after`."""
-        async with self.conn.execute(
-            "SELECT id, type, url, title, lang, content_hash, state, chunk_count, first_seen, "
-            "last_seen, last_error FROM sources WHERE id > ? ORDER BY id LIMIT ?",
+        rows = await self.conn.execute_fetchall(
+            f"SELECT {_SOURCE_COLUMNS} FROM sources WHERE id > ? ORDER BY id LIMIT ?",
             (after, limit),
-        ) as cur:
-            return [SourceInfo(*row) for row in await cur.fetchall()]
+        )
+        return [SourceInfo(*row) for row in rows]
 
     async def chunk_ids(self, source_id: str) -> set[str]:
         """The chunk ids the source produced when it was last ingested."""
-        async with self.conn.execute(
-            "SELECT chunk_id FROM source_chunks WHERE source_id = ?", (source_id,)
-        ) as cur:
-            return {row[0] for row in await cur.fetchall()}
+        return (await self.chunk_ids_by_source([source_id])).get(source_id, set())
+
+    async def chunk_ids_by_source(self, source_ids: Sequence[str]) -> dict[str, set[str]]:
+        """The chunk ids each of these sources produced when last ingested."""
+        found: dict[str, set[str]] = {}
+        for start in range(0, len(source_ids), 500):
+            part = list(source_ids[start : start + 500])
+            marks = ",".join("?" * len(part))
+            rows = await self.conn.execute_fetchall(
+                f"SELECT source_id, chunk_id FROM source_chunks WHERE source_id IN ({marks})",
+                part,
+            )
+            for source_id, chunk in rows:
+                found.setdefault(source_id, set()).add(chunk)
+        return found
 
     @staticmethod
-    async def record_source(
-        conn: aiosqlite.Connection,
-        *,
-        source_id: str,
-        source_type: str,
-        url: str | None,
-        title: str | None,
-        lang: str | None,
-        content_hash: str,
-        chunk_ids: Sequence[str],
-    ) -> None:
-        """Within a transaction: the source was ingested and now has exactly these chunks."""
+    async def record_sources(conn: aiosqlite.Connection, ingested: Sequence[Ingested]) -> None:
+        """Within a transaction: these sources were ingested and now have exactly these chunks.
+
+        A few statements for the whole batch (each is a thread hop under the catalog's lock).
+        """
         now = sqlitedb.utc_now()
-        await conn.execute(
+        await conn.executemany(
             """
             INSERT INTO sources (id, type, url, title, lang, content_hash, state, chunk_count,
                                  first_seen, last_seen, last_error)
@@ -255,12 +295,27 @@ class Catalog:
                 chunk_count = excluded.chunk_count, last_seen = excluded.last_seen,
                 last_error = NULL
             """,
-            (source_id, source_type, url, title, lang, content_hash, len(chunk_ids), now, now),
+            [
+                (
+                    s.source_id,
+                    s.source_type,
+                    s.url,
+                    s.title,
+                    s.lang,
+                    s.content_hash,
+                    len(s.chunk_ids),
+                    now,
+                    now,
+                )
+                for s in ingested
+            ],
         )
-        await conn.execute("DELETE FROM source_chunks WHERE source_id = ?", (source_id,))
+        await conn.executemany(
+            "DELETE FROM source_chunks WHERE source_id = ?", [(s.source_id,) for s in ingested]
+        )
         await conn.executemany(
             "INSERT INTO source_chunks (source_id, chunk_id) VALUES (?, ?)",
-            [(source_id, chunk) for chunk in chunk_ids],
+            [(s.source_id, chunk) for s in ingested for chunk in s.chunk_ids],
         )
 
     @staticmethod

@@ -1,6 +1,6 @@
 """The ingest pipeline: workers that turn queued documents into searchable chunks.
 
-For each claimed job a worker:
+A worker claims a batch of jobs (one per source) and, for each document:
 
 1. extracts the document's text (`ingest.documents.extract`, in a worker thread);
 2. stops early if the text is what the source already holds (nothing is embedded);
@@ -8,6 +8,10 @@ For each claimed job a worker:
 4. embeds only the chunks whose ids the vector store lacks, in batches, and upserts them;
 5. deletes the source's chunks that vanished since it was last ingested;
 6. records the source and marks the job done, in one catalog transaction.
+
+Steps 4 to 6 are shared by the batch: one existence check, embedding batches that mix
+documents (so a slow embedder's per-request latency is spread over many chunks), and one
+completion transaction, because per-document transactions left ingestion bound by fsync.
 
 Every step is idempotent, so a job replayed after a crash (its lease ran out) finds its chunks
 already stored and finishes without embedding them again.
@@ -24,14 +28,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import anyio
 import numpy as np
 from anyio.abc import TaskStatus
 
-from ingest.catalog import Catalog, TableModel
+from ingest.catalog import Catalog, Ingested, SourceInfo, TableModel
 from ingest.chunking import chunk_id, chunk_text
 from ingest.documents import Document, extract
 from ingest.embed import Embedder
@@ -55,8 +59,9 @@ class PipelineSettings:
     table: str = "context_vectors"
     chunk_tokens: int = 512
     chunk_overlap: float = 0.15
-    workers: int = 4
-    embed_batch: int = 64
+    workers: int = 2
+    jobs_per_batch: int = 32  # documents a worker takes at once: one store write, one commit
+    embed_batch: int = 256  # chunks per embed_documents call and store write
     idle_poll_seconds: float = 5.0
 
 
@@ -121,33 +126,49 @@ class Pipeline:
             pause = self._pause_until - time.monotonic()
             if pause > 0:
                 await anyio.sleep(pause)
-            job = await self.queue.claim()
-            if job is None:
+            jobs = await self.queue.claim_many(self.settings.jobs_per_batch)
+            if not jobs:
                 await self.queue.wait_for_work(self.settings.idle_poll_seconds)
                 continue
-            await self._handle(job)
+            await self._handle(jobs)
 
-    async def _handle(self, job: Job) -> None:
-        error: Exception | None = None
+    async def _handle(self, jobs: list[Job]) -> None:
+        """Process a batch; on shutdown give back what is unfinished; classify failures."""
+        pending = {job.id: job for job in jobs}
+        failures: list[tuple[Job, Exception]] = []  # each job's own failure
+        batch_error: Exception | None = None  # a failure of the steps the batch shares
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._keep_leased, job)
+                tg.start_soon(self._keep_leased, jobs)
                 try:
-                    await self.process(job)
-                except Exception as exc:  # classified below, outside the task group
-                    error = exc
+                    await self.process_batch(jobs, pending, failures)
+                except Exception as exc:
+                    batch_error = exc
                 tg.cancel_scope.cancel()
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
-                await self.queue.release(job)  # shutdown: claimable at once on restart
+                for job in pending.values():  # shutdown: claimable at once on restart
+                    await self.queue.release(job)
             raise
-        if error is None:
-            self._transient_streak = 0
-        elif isinstance(error, StoreClosed):
+        for job, error in failures:
+            pending.pop(job.id, None)
+            await self._classify(job, error)
+        if batch_error is None:
+            if not failures:
+                self._transient_streak = 0
+            return
+        if isinstance(batch_error, PermanentError) and len(pending) > 1:
+            # One poison document must not fail its neighbours: retry them one at a time.
+            for job in list(pending.values()):
+                await self._handle([job])
+            return
+        for job in pending.values():
+            await self._classify(job, batch_error)
+
+    async def _classify(self, job: Job, error: Exception) -> None:
+        if isinstance(error, StoreClosed):
             raise error
-        elif isinstance(error, TransientError | StoreError) and not isinstance(
-            error, InvalidRecord
-        ):
+        if isinstance(error, TransientError | StoreError) and not isinstance(error, InvalidRecord):
             await self._transient(job, error)  # a store I/O failure is worth a retry too
         elif isinstance(error, PermanentError | InvalidRecord):
             await self._permanent(job, error)
@@ -155,13 +176,13 @@ class Pipeline:
             _log.error("job %d (%s): internal error", job.id, job.source_id, exc_info=error)
             await self._permanent(job, error, internal=True)
 
-    async def _keep_leased(self, job: Job) -> None:
+    async def _keep_leased(self, jobs: list[Job]) -> None:
         while True:
             await anyio.sleep(self.queue.settings.lease_seconds / 3)
             try:
-                await self.queue.renew(job)
+                await self.queue.renew(*jobs)
             except Exception:  # a missed renewal only risks a harmless replay
-                _log.warning("job %d: could not renew its lease", job.id, exc_info=True)
+                _log.warning("could not renew leases", exc_info=True)
 
     async def _transient(self, job: Job, error: BaseException) -> None:
         self._transient_streak += 1
@@ -187,22 +208,77 @@ class Pipeline:
                 conn, source_id=job.source_id, source_type=_source_type(job), error=message
             )
 
-    # -- one job ------------------------------------------------------------------------------
+    # -- the work -----------------------------------------------------------------------------
 
     async def process(self, job: Job) -> None:
-        """Turn one job's document into stored chunks (see the module docstring)."""
+        """Turn one job's document into stored chunks; raises what went wrong."""
+        failures: list[tuple[Job, Exception]] = []
+        await self.process_batch([job], {job.id: job}, failures)
+        if failures:
+            raise failures[0][1]
+
+    async def process_batch(
+        self, jobs: list[Job], unfinished: dict[int, Job], failures: list[tuple[Job, Exception]]
+    ) -> None:
+        """Process documents together (see the module docstring).
+
+        Jobs that finish are removed from `unfinished`. A job whose own document fails
+        (extraction, validation) goes to `failures` with its error and the rest go on; an error
+        in the shared steps (embedding, storing) is raised, for the caller to apply to every job
+        still unfinished.
+        """
+        work: list[_Prepared] = []
+        unchanged: list[_Prepared] = []
+        known = await self.catalog.sources_by_id([job.source_id for job in jobs])
+        for job in jobs:
+            try:
+                prepared = await self._prepare(job, known.get(job.source_id))
+            except Exception as exc:
+                failures.append((job, exc))
+                continue
+            (unchanged if prepared.unchanged else work).append(prepared)
+        if unchanged:
+            async with self.catalog.transaction(durable=False) as conn:
+                await conn.executemany(
+                    "UPDATE sources SET last_seen = ? WHERE id = ?",
+                    [(utc_now(), item.document.source_id) for item in unchanged],
+                )
+                await Queue.mark_done(conn, [item.job for item in unchanged], time.time())
+            for item in unchanged:
+                unfinished.pop(item.job.id, None)
+        if work:
+            await self._store_chunks(work)
+            async with self.catalog.transaction(durable=False) as conn:
+                # Not durable: the chunks are (the store syncs its writes), and losing this
+                # commit only means the jobs are replayed, which finds the chunks stored.
+                await Catalog.record_sources(
+                    conn,
+                    [
+                        Ingested(
+                            source_id=item.document.source_id,
+                            source_type=item.document.source_type,
+                            url=item.document.url,
+                            title=item.title,
+                            lang=item.lang,
+                            content_hash=item.content_hash,
+                            chunk_ids=list(item.texts),
+                        )
+                        for item in work
+                    ],
+                )
+                await Queue.mark_done(conn, [item.job for item in work], time.time())
+            for item in work:
+                unfinished.pop(item.job.id, None)
+            self.queue.waiting_reason = None
+
+    async def _prepare(self, job: Job, known: SourceInfo | None) -> _Prepared:
         document = Document.from_json(job.payload)
         extracted = await anyio.to_thread.run_sync(extract, document, limiter=self._cpu)
         content_hash = hashlib.sha256(extracted.text.encode()).hexdigest()
-        known = await self.catalog.source(document.source_id)
+        prepared = _Prepared(job, document, content_hash, extracted.title, extracted.lang)
         if known is not None and known.state == "ok" and known.content_hash == content_hash:
-            async with self.catalog.transaction() as conn:
-                await conn.execute(
-                    "UPDATE sources SET last_seen = ? WHERE id = ?",
-                    (utc_now(), document.source_id),
-                )
-                await Queue.mark_done(conn, job, time.time())
-            return
+            prepared.unchanged = True
+            return prepared
         chunks = await anyio.to_thread.run_sync(
             lambda: chunk_text(
                 extracted.text,
@@ -211,49 +287,55 @@ class Pipeline:
             ),
             limiter=self._cpu,
         )
-        texts: dict[str, str] = {}
         for chunk in chunks:  # identical chunks of one source share an id: keep the first
-            texts.setdefault(chunk_id(document.source_id, chunk.text), chunk.text)
+            prepared.texts.setdefault(chunk_id(document.source_id, chunk.text), chunk.text)
+        return prepared
+
+    async def _store_chunks(self, work: list[_Prepared]) -> None:
+        """Embed and upsert the chunks the store lacks; delete the ones that vanished."""
         table = self.settings.table
-        present = {r.id for r in await self.store.get_by_ids(table, list(texts))}
-        missing = [(i, t) for i, t in texts.items() if i not in present]
-        created_at = document.published or utc_now()
+        wanted = [i for item in work for i in item.texts]
+        present = {r.id for r in await self.store.get_by_ids(table, wanted)}
+        missing = [(item, i, t) for item in work for i, t in item.texts.items() if i not in present]
+        now = utc_now()
         for start in range(0, len(missing), self.settings.embed_batch):
             batch = missing[start : start + self.settings.embed_batch]
-            vectors = await self.embedder.embed_documents([text for _, text in batch])
+            vectors = await self.embedder.embed_documents([text for _, _, text in batch])
             self.embedded_chunks += len(batch)
             await self.store.insert(
                 table,
                 [
                     Record(
                         id=i,
-                        source_id=document.source_id,
-                        source_type=document.source_type,
+                        source_id=item.document.source_id,
+                        source_type=item.document.source_type,
                         text_chunk=text,
                         embedding=np.asarray(vector, np.float32),
-                        created_at=created_at,
-                        tags=document.tags,
+                        created_at=item.document.published or now,
+                        tags=item.document.tags,
                     )
-                    for (i, text), vector in zip(batch, vectors, strict=True)
+                    for (item, i, text), vector in zip(batch, vectors, strict=True)
                 ],
             )
-        vanished = sorted(await self.catalog.chunk_ids(document.source_id) - texts.keys())
-        for start in range(0, len(vanished), _DELETE_CHUNK):
-            part = tuple(vanished[start : start + _DELETE_CHUNK])
-            await self.store.delete_where(table, to_text(In("id", part)))
-        async with self.catalog.transaction() as conn:
-            await Catalog.record_source(
-                conn,
-                source_id=document.source_id,
-                source_type=document.source_type,
-                url=document.url,
-                title=extracted.title,
-                lang=extracted.lang,
-                content_hash=content_hash,
-                chunk_ids=list(texts),
-            )
-            await Queue.mark_done(conn, job, time.time())
-        self.queue.waiting_reason = None
+        previous = await self.catalog.chunk_ids_by_source([item.job.source_id for item in work])
+        for item in work:
+            vanished = sorted(previous.get(item.job.source_id, set()) - item.texts.keys())
+            for start in range(0, len(vanished), _DELETE_CHUNK):
+                part = tuple(vanished[start : start + _DELETE_CHUNK])
+                await self.store.delete_where(table, to_text(In("id", part)))
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """A document ready to store: its extracted text's hash and its chunks by id."""
+
+    job: Job
+    document: Document
+    content_hash: str
+    title: str | None
+    lang: str | None
+    texts: dict[str, str] = field(default_factory=dict)
+    unchanged: bool = False
 
 
 def _source_type(job: Job) -> str:

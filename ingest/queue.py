@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -98,6 +98,11 @@ class _Waiter:
     done: anyio.Event = field(default_factory=anyio.Event)
 
 
+async def _sequence(conn: aiosqlite.Connection) -> int:
+    rows = list(await conn.execute_fetchall("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'"))
+    return int(rows[0][0]) if rows else 0
+
+
 class Queue:
     """The jobs table of a `Catalog`, as a durable work queue (see the module docstring)."""
 
@@ -120,20 +125,30 @@ class Queue:
 
     async def enqueue(self, document: Document) -> int:
         """Store a job for `document`; return its id once the job row is committed."""
-        waiter = _Waiter(document.source_id, document.to_json())
-        self._pending.append(waiter)
+        [job_id] = await self.enqueue_many([document])
+        return job_id
+
+    async def enqueue_many(self, documents: Sequence[Document]) -> list[int]:
+        """Store jobs for `documents` (a feed poll, an import); return their ids once committed.
+
+        Not atomic as a whole: a crash may keep an acknowledged prefix of a very long list.
+        """
+        waiters = [_Waiter(d.source_id, d.to_json()) for d in documents]
+        self._pending.extend(waiters)
         try:
-            while waiter.job_id is None and waiter.error is None:
+            while any(w.job_id is None and w.error is None for w in waiters):
                 async with self._commit_lock:
-                    if waiter.job_id is None and waiter.error is None:
+                    if any(w.job_id is None and w.error is None for w in waiters):
                         await self._commit_pending()
         except BaseException:
-            if waiter in self._pending:  # cancelled before anyone took it: it never was
-                self._pending.remove(waiter)
+            for waiter in waiters:  # cancelled before anyone took them: they never were
+                if waiter in self._pending:
+                    self._pending.remove(waiter)
             raise
-        if waiter.error is not None:
-            raise IngestError(f"could not store the job: {waiter.error}") from waiter.error
-        return waiter.job_id  # type: ignore[return-value]  # set when error is None
+        for waiter in waiters:
+            if waiter.error is not None:
+                raise IngestError(f"could not store the job: {waiter.error}") from waiter.error
+        return [w.job_id for w in waiters if w.job_id is not None]
 
     async def _commit_pending(self) -> None:
         batch = self._pending[: self.settings.max_batch]
@@ -141,21 +156,25 @@ class Queue:
         now = self._clock()
         try:
             async with self.catalog.transaction() as conn:
-                for waiter in batch:
-                    # The newest content wins: an older pending job for the source is moot.
-                    await conn.execute(
-                        "UPDATE jobs SET state = 'superseded', payload = NULL, updated_at = ? "
-                        "WHERE source_id = ? AND state = 'pending'",
-                        (now, waiter.source_id),
-                    )
-                    async with conn.execute(
-                        "INSERT INTO jobs (source_id, payload, state, created_at, updated_at) "
-                        "VALUES (?, ?, 'pending', ?, ?) RETURNING id",
-                        (waiter.source_id, waiter.payload, now, now),
-                    ) as cur:
-                        row = await cur.fetchone()
-                    assert row is not None
-                    waiter.job_id = int(row[0])
+                # A handful of statements per batch, not per job: each is a thread hop, and
+                # the catalog's lock is held meanwhile.
+                # The newest content wins: an older pending job for the source is moot.
+                await conn.executemany(
+                    "UPDATE jobs SET state = 'superseded', payload = NULL, updated_at = ? "
+                    "WHERE source_id = ? AND state = 'pending'",
+                    [(now, waiter.source_id) for waiter in batch],
+                )
+                before = await _sequence(conn)
+                await conn.executemany(
+                    "INSERT INTO jobs (source_id, payload, state, created_at, updated_at) "
+                    "VALUES (?, ?, 'pending', ?, ?)",
+                    [(waiter.source_id, waiter.payload, now, now) for waiter in batch],
+                )
+                # AUTOINCREMENT numbers the rows of this transaction, the only writer, in order.
+                if await _sequence(conn) != before + len(batch):
+                    raise IngestError(f"{self.catalog.path}: job ids were not allocated in order")
+                for offset, waiter in enumerate(batch, start=1):
+                    waiter.job_id = before + offset
         except BaseException as exc:
             for waiter in batch:
                 waiter.job_id = None
@@ -177,10 +196,15 @@ class Queue:
 
     async def claim(self) -> Job | None:
         """The oldest claimable job, now leased to the caller; None when there is none."""
+        jobs = await self.claim_many(1)
+        return jobs[0] if jobs else None
+
+    async def claim_many(self, limit: int) -> list[Job]:
+        """Up to `limit` claimable jobs, oldest first, at most one per source, leased together."""
         now = self._clock()
-        async with self.catalog.transaction() as conn:
+        async with self.catalog.transaction(durable=False) as conn:  # a lost claim is replayed
             lost = await self._fail_lost_jobs(conn, now)
-            async with conn.execute(
+            rows = await conn.execute_fetchall(
                 """
                 SELECT id, source_id, payload, attempts, state FROM jobs AS j
                 WHERE ((state = 'pending' AND not_before <= ?)
@@ -189,22 +213,30 @@ class Queue:
                       SELECT 1 FROM jobs AS other
                       WHERE other.source_id = j.source_id AND other.state = 'running'
                         AND other.lease_until >= ? AND other.id != j.id)
-                ORDER BY id LIMIT 1
+                ORDER BY id LIMIT ?
                 """,
-                (now, now, now),
-            ) as cur:
-                row = await cur.fetchone()
-            if row is None:
-                return None
-            job_id, source_id, payload, attempts, state = row
-            await conn.execute(
-                "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = ?, "
-                "lost = lost + ?, updated_at = ? WHERE id = ?",
-                (now + self.settings.lease_seconds, 1 if state == "running" else 0, now, job_id),
+                (now, now, now, limit * 2),
+            )
+            jobs: list[Job] = []
+            lost_flags: list[int] = []
+            sources: set[str] = set()
+            for job_id, source_id, payload, attempts, state in rows:
+                if source_id in sources or len(jobs) == limit:
+                    continue  # the source's older job is in this batch already
+                sources.add(source_id)
+                jobs.append(Job(job_id, source_id, payload, attempts + 1))
+                lost_flags.append(int(state == "running"))
+            await conn.executemany(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, "
+                "lease_until = ?, lost = lost + ?, updated_at = ? WHERE id = ?",
+                [
+                    (now + self.settings.lease_seconds, flag, now, job.id)
+                    for job, flag in zip(jobs, lost_flags, strict=True)
+                ],
             )
         if lost:
             self._wake()
-        return Job(job_id, source_id, payload, attempts + 1)
+        return jobs
 
     async def _fail_lost_jobs(self, conn: aiosqlite.Connection, now: float) -> int:
         """Fail jobs whose lease ran out MAX_LOST times: they kill their worker."""
@@ -217,29 +249,29 @@ class Queue:
         ) as cur:
             return len(list(await cur.fetchall()))
 
-    async def renew(self, job: Job) -> None:
-        """Extend the job's lease: the worker is still on it."""
+    async def renew(self, *jobs: Job) -> None:
+        """Extend the jobs' leases: the worker is still on them."""
         now = self._clock()
-        async with self.catalog.transaction() as conn:
-            await conn.execute(
+        async with self.catalog.transaction(durable=False) as conn:
+            await conn.executemany(
                 "UPDATE jobs SET lease_until = ?, updated_at = ? "
                 "WHERE id = ? AND state = 'running'",
-                (now + self.settings.lease_seconds, now, job.id),
+                [(now + self.settings.lease_seconds, now, job.id) for job in jobs],
             )
 
     @staticmethod
-    async def mark_done(conn: aiosqlite.Connection, job: Job, now: float) -> None:
-        """Within the caller's transaction (with the results the job produced): it is done."""
-        await conn.execute(
+    async def mark_done(conn: aiosqlite.Connection, jobs: Sequence[Job], now: float) -> None:
+        """Within the caller's transaction (with the results the jobs produced): they are done."""
+        await conn.executemany(
             "UPDATE jobs SET state = 'done', payload = NULL, lease_until = NULL, "
             "last_error = NULL, updated_at = ? WHERE id = ?",
-            (now, job.id),
+            [(now, job.id) for job in jobs],
         )
 
     async def complete(self, job: Job) -> None:
         """The job is done (for work whose results need no transaction of their own)."""
-        async with self.catalog.transaction() as conn:
-            await self.mark_done(conn, job, self._clock())
+        async with self.catalog.transaction(durable=False) as conn:
+            await self.mark_done(conn, [job], self._clock())
         self.waiting_reason = None
 
     def backoff(self, attempt: int) -> float:
@@ -252,7 +284,7 @@ class Queue:
     async def retry_later(self, job: Job, error: str, *, delay: float) -> None:
         """Put the job back; it becomes claimable after `delay` seconds."""
         now = self._clock()
-        async with self.catalog.transaction() as conn:
+        async with self.catalog.transaction(durable=False) as conn:
             await conn.execute(
                 "UPDATE jobs SET state = 'pending', not_before = ?, lease_until = NULL, "
                 "last_error = ?, updated_at = ? WHERE id = ?",
@@ -262,7 +294,7 @@ class Queue:
     async def release(self, job: Job) -> None:
         """Give the job back untouched (shutdown): claimable at once, the attempt not counted."""
         now = self._clock()
-        async with self.catalog.transaction() as conn:
+        async with self.catalog.transaction(durable=False) as conn:
             await conn.execute(
                 "UPDATE jobs SET state = 'pending', attempts = attempts - 1, lease_until = NULL, "
                 "updated_at = ? WHERE id = ? AND state = 'running'",

@@ -450,12 +450,14 @@ class SQLiteStore:
         if where is not None:
             sql, params = where
             # One statement, so the version and the candidates come from one snapshot.
-            async with reader.execute(
-                f"SELECT (SELECT version FROM satchel_tables WHERE name = ?), seq "
-                f"FROM {t.sql} WHERE {sql}",
-                [t.name, *params],
-            ) as cur:
-                rows = list(await cur.fetchall())
+            # (execute_fetchall: one thread hop where execute, fetch and close take three.)
+            rows = list(
+                await reader.execute_fetchall(
+                    f"SELECT (SELECT version FROM satchel_tables WHERE name = ?), seq "
+                    f"FROM {t.sql} WHERE {sql}",
+                    [t.name, *params],
+                )
+            )
             if not rows:
                 return []
             if rows[0][0] != matrix.version:
@@ -489,11 +491,9 @@ class SQLiteStore:
         by_rowid: dict[int, Record] = {}
         for part in _chunks(seqs):
             marks = ",".join("?" * len(part))
-            async with reader.execute(
-                f"SELECT seq, {_COLUMNS} FROM {t.sql} WHERE seq IN ({marks})", part
-            ) as cur:
-                for row in await cur.fetchall():
-                    by_rowid[row[0]] = _record_from_row(row[1:])
+            sql = f"SELECT seq, {_COLUMNS} FROM {t.sql} WHERE seq IN ({marks})"
+            for row in await reader.execute_fetchall(sql, part):
+                by_rowid[row[0]] = _record_from_row(row[1:])
         if len(by_rowid) != len(seqs):
             return None
         ranked = sorted(zip(scores, seqs, strict=True), key=lambda p: (-p[0], by_rowid[p[1]].id))
@@ -505,10 +505,8 @@ class SQLiteStore:
         ids: dict[int, str] = {}
         for part in _chunks(seqs):
             marks = ",".join("?" * len(part))
-            async with reader.execute(
-                f"SELECT seq, id FROM {t.sql} WHERE seq IN ({marks})", part
-            ) as cur:
-                ids.update({row[0]: row[1] for row in await cur.fetchall()})
+            sql = f"SELECT seq, id FROM {t.sql} WHERE seq IN ({marks})"
+            ids.update({row[0]: row[1] for row in await reader.execute_fetchall(sql, part)})
         return ids if len(ids) == len(seqs) else None
 
     async def get_by_ids(self, table: str, ids: Sequence[str]) -> list[Record]:
@@ -522,11 +520,9 @@ class SQLiteStore:
         with self._errors("get_by_ids", table):
             for chunk in _chunks(wanted):
                 marks = ",".join("?" * len(chunk))
-                async with reader.execute(
-                    f"SELECT {_COLUMNS} FROM {t.sql} WHERE id IN ({marks})", chunk
-                ) as cur:
-                    for row in await cur.fetchall():
-                        found[row[0]] = _record_from_row(row)
+                sql = f"SELECT {_COLUMNS} FROM {t.sql} WHERE id IN ({marks})"
+                for row in await reader.execute_fetchall(sql, chunk):
+                    found[row[0]] = _record_from_row(row)
         return [found[i] for i in wanted if i in found]
 
     async def delete(self, table: str, id: str) -> bool:
@@ -576,8 +572,7 @@ class SQLiteStore:
                 else:
                     sql = f"SELECT {_COLUMNS} FROM {t.sql} WHERE id > ? ORDER BY id LIMIT ?"
                     args = [after, batch_size]
-                async with reader.execute(sql, args) as cur:
-                    rows = list(await cur.fetchall())
+                rows = list(await reader.execute_fetchall(sql, args))
             if not rows:
                 return
             batch = [_record_from_row(row) for row in rows]
@@ -591,9 +586,8 @@ class SQLiteStore:
         t = self._table(table)
         _, reader = self._conns()
         with self._errors("count", table):
-            async with reader.execute(f"SELECT COUNT(*) FROM {t.sql}") as cur:
-                row = await cur.fetchone()
-        return int(row[0]) if row else 0
+            rows = list(await reader.execute_fetchall(f"SELECT COUNT(*) FROM {t.sql}"))
+        return int(rows[0][0])
 
 
 def _load_matrix(path: Path, name: str, dim: int) -> Matrix:

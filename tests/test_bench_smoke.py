@@ -48,3 +48,23 @@ def test_store_benchmark_smoke_run(tmp_path: Path) -> None:
     # The store is exact: its top-10 must be numpy's exact top-10.
     assert '"recall_at_10": 1.0' in report
     print(report)  # shown with -s, and in CI logs on failure
+
+
+def test_ingest_benchmark_smoke_run() -> None:
+    result = subprocess.run(
+        [sys.executable, "bench/ingest.py", "--smoke"],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    for figure in (
+        "enqueue -> searchable, HashEmbedder, SQLite",
+        "same via Ollama stand-in, +20 ms per request",
+        "enqueue latency, 50 concurrent producers",
+        "peak RSS draining",
+    ):
+        assert figure in result.stdout
+    print(result.stdout)
