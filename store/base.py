@@ -308,17 +308,21 @@ class Record:
             object.__setattr__(self, name, value)
         return self
 
+    def _fields(self) -> dict[str, Any]:
+        """The record's own fields, already valid, for `from_storage`."""
+        return {
+            "id": self.id,
+            "source_id": self.source_id,
+            "source_type": self.source_type,
+            "text_chunk": self.text_chunk,
+            "embedding": self.embedding,
+            "created_at": self.created_at,
+            "tags": tuple(self.tags),
+        }
+
     def with_score(self, score: float) -> ScoredRecord:
         """This record as a search result (no revalidation: this record is valid already)."""
-        scored = ScoredRecord.from_storage(
-            id=self.id,
-            source_id=self.source_id,
-            source_type=self.source_type,
-            text_chunk=self.text_chunk,
-            embedding=self.embedding,
-            created_at=self.created_at,
-            tags=tuple(self.tags),
-        )
+        scored = ScoredRecord.from_storage(**self._fields())
         object.__setattr__(scored, "score", score)
         return scored
 
@@ -338,15 +342,7 @@ class ScoredRecord(Record):
 
     def record(self) -> Record:
         """The plain record, without its score."""
-        return Record.from_storage(
-            id=self.id,
-            source_id=self.source_id,
-            source_type=self.source_type,
-            text_chunk=self.text_chunk,
-            embedding=self.embedding,
-            created_at=self.created_at,
-            tags=tuple(self.tags),
-        )
+        return Record.from_storage(**self._fields())
 
 
 # --------------------------------------------------------------------------------------------

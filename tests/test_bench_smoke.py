@@ -15,26 +15,20 @@ ROOT = Path(__file__).resolve().parents[1]
 SIZE = os.environ.get("SATCHEL_BENCH_SMOKE_SIZE", "10000")
 
 
-def test_store_benchmark_smoke_run(tmp_path: Path) -> None:
+def run_bench(*args: str) -> str:
+    """Run a benchmark script; its report, after checking that it exited 0."""
     result = subprocess.run(
-        [
-            sys.executable,
-            "bench/store.py",
-            "--sizes",
-            SIZE,
-            "--queries",
-            "20",
-            "--workdir",
-            str(tmp_path),
-        ],
-        check=False,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        [sys.executable, *args], check=False, cwd=ROOT, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr
-    report = result.stdout.split("== summary ==")[1]
+    return result.stdout
+
+
+def test_store_benchmark_smoke_run(tmp_path: Path) -> None:
+    output = run_bench(
+        "bench/store.py", "--sizes", SIZE, "--queries", "20", "--workdir", str(tmp_path)
+    )
+    report = output.split("== summary ==")[1]
     for figure in (
         "search top-10 p50 vs bandwidth bound",
         "vs sqlite-vec (vec0 KNN)",
@@ -51,20 +45,12 @@ def test_store_benchmark_smoke_run(tmp_path: Path) -> None:
 
 
 def test_ingest_benchmark_smoke_run() -> None:
-    result = subprocess.run(
-        [sys.executable, "bench/ingest.py", "--smoke"],
-        check=False,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr
+    output = run_bench("bench/ingest.py", "--smoke")
     for figure in (
         "enqueue -> searchable, HashEmbedder, SQLite",
         "same via Ollama stand-in, +20 ms per request",
         "enqueue latency, 50 concurrent producers",
         "peak RSS draining",
     ):
-        assert figure in result.stdout
-    print(result.stdout)
+        assert figure in output
+    print(output)
