@@ -15,9 +15,9 @@ Lifecycle of a job::
 - A newer document for a source supersedes that source's pending job (only the latest content
   matters). At most one job per source runs at a time, so an older version never lands after a
   newer one.
-- Workers `claim` a job with a lease and `renew` it while they work. A job whose worker died is
-  claimed again when its lease runs out; one that has lost its worker `MAX_LOST` times (it kills
-  the process, say) is failed with that message rather than retried forever.
+- Workers `claim` jobs with a lease and `renew` it while they work. A job whose worker died is
+  claimed again, alone, when its lease runs out; one that has lost its worker `MAX_LOST` times
+  (it kills the process, say) is failed with that message rather than retried forever.
 - Memory stays bounded however long the queue: payloads stay in SQLite until a worker claims
   them, one job at a time.
 """
@@ -40,6 +40,7 @@ from ingest.errors import IngestError
 __all__ = ["Job", "JobInfo", "Queue", "QueueSettings", "QueueStats"]
 
 MAX_LOST: Final = 5
+"""The default of `QueueSettings.max_lost`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,7 @@ class QueueSettings:
     backoff_initial: float = 1.0
     backoff_max: float = 300.0
     permanent_attempts: int = 3
+    max_lost: int = MAX_LOST  # times a job may lose its worker before it is failed
     max_batch: int = 500  # jobs per group-commit transaction
 
 
@@ -223,9 +225,16 @@ class Queue:
             for job_id, source_id, payload, attempts, state in rows:
                 if source_id in sources or len(jobs) == limit:
                     continue  # the source's older job is in this batch already
+                was_lost = state == "running"
+                if was_lost and jobs:
+                    continue  # a job that lost its worker goes alone (below), next time
                 sources.add(source_id)
                 jobs.append(Job(job_id, source_id, payload, attempts + 1))
-                lost_flags.append(int(state == "running"))
+                lost_flags.append(int(was_lost))
+                if was_lost:
+                    # Alone, so that if it is what kills the worker, it alone pays for it
+                    # (MAX_LOST), not the innocent jobs that shared its batch.
+                    break
             await conn.executemany(
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1, "
                 "lease_until = ?, lost = lost + ?, updated_at = ? WHERE id = ?",
@@ -239,13 +248,13 @@ class Queue:
         return jobs
 
     async def _fail_lost_jobs(self, conn: aiosqlite.Connection, now: float) -> int:
-        """Fail jobs whose lease ran out MAX_LOST times: they kill their worker."""
+        """Fail jobs whose lease ran out `max_lost` times: they kill their worker."""
         async with conn.execute(
             "UPDATE jobs SET state = 'failed', payload = NULL, updated_at = ?, "
             "last_error = 'the worker was lost ' || lost || ' times while processing this job "
             "(it may crash or hang the process); not retried' "
             "WHERE state = 'running' AND lease_until < ? AND lost + 1 >= ? RETURNING id",
-            (now, now, MAX_LOST),
+            (now, now, self.settings.max_lost),
         ) as cur:
             return len(list(await cur.fetchall()))
 

@@ -22,7 +22,9 @@ from store import SQLiteStore
 from tests.ollama_standin import Faults, StandinState, running_standin
 
 SETTINGS = PipelineSettings(workers=3, idle_poll_seconds=0.05, chunk_tokens=48, embed_batch=4)
-QUEUE = QueueSettings(lease_seconds=1.0, backoff_initial=0.05, backoff_max=0.2)
+# The kills here come from outside, every second or so; the guard against jobs that kill their
+# worker (max_lost, tested in test_queue) would rightly give up on a job caught in several.
+QUEUE = QueueSettings(lease_seconds=1.0, backoff_initial=0.05, backoff_max=0.2, max_lost=1000)
 
 
 def text_of(n: int) -> str:

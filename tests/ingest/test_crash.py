@@ -91,8 +91,10 @@ def test_sigkill_during_ingest_loses_and_duplicates_nothing(tmp_path: Path) -> N
     conn.close()
     with sqlite3.connect(tmp_path / "satchel.db") as conn:
         states = dict(conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+        errors = conn.execute("SELECT source_id, last_error FROM jobs WHERE state = 'failed'")
+        failed = errors.fetchall()
     conn.close()
-    assert states.get("failed", 0) == 0, states
+    assert states.get("failed", 0) == 0, (states, failed)
     assert states.get("pending", 0) == states.get("running", 0) == 0, states
 
     stored_ids = [i for i, _ in stored]

@@ -209,3 +209,18 @@ async def test_a_cancelled_enqueue_is_not_half_stored(tmp_path: Path) -> None:
             sources = [r[0] for r in other.execute("SELECT source_id FROM jobs ORDER BY id")]
         other.close()
         assert sources[-1] == "b"
+
+
+async def test_a_job_that_lost_its_worker_is_retried_alone(catalog: Catalog) -> None:
+    clock = Clock()
+    queue = Queue(catalog, FAST, clock=clock)
+    for source in "abcd":
+        await queue.enqueue(doc(source))
+    assert len(await queue.claim_many(2)) == 2  # a and b; then the worker dies
+    clock.now += FAST.lease_seconds + 1
+    first = await queue.claim_many(10)
+    assert [j.source_id for j in first] == ["a"]  # lost once: alone
+    second = await queue.claim_many(10)
+    assert [j.source_id for j in second] == ["b"]
+    third = await queue.claim_many(10)
+    assert [j.source_id for j in third] == ["c", "d"]
