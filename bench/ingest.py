@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         (root / "hash").mkdir()
         (root / "standin").mkdir()
         (root / "latency").mkdir()
-        hashed = anyio.run(drain_run, root / "hash", HashEmbedder(), docs, paragraphs)
+        hashed = anyio.run(drain_run, root / "hash", HashEmbedder(processes=True), docs, paragraphs)
         with standin_process(latency=0.020) as url:
             standin = anyio.run(with_standin, root / "standin", url, docs, paragraphs)
         latency = anyio.run(enqueue_latency, root / "latency", producers, per_producer, False)

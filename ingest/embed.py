@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol, runtime_checkable
 
 import anyio
+import anyio.to_process
 import httpx
 import numpy as np
 import numpy.typing as npt
@@ -123,10 +124,13 @@ class HashEmbedder:
     not semantic; see the module docstring.
     """
 
-    def __init__(self, dim: int = 768) -> None:
+    def __init__(self, dim: int = 768, *, processes: bool = False) -> None:
         if dim < 16:
             raise ValueError(f"hash embedder dim: expected at least 16, got {dim}")
         self._dim = dim
+        # Large batches go to worker processes: hashing is CPU work that would otherwise
+        # share the event loop's GIL.
+        self._processes = processes
 
     @property
     def model(self) -> str:
@@ -146,6 +150,9 @@ class HashEmbedder:
         """Hash each text; runs in a worker thread for large batches."""
         if sum(len(t) for t in texts) < 20_000:
             return self.embed_sync(texts)
+        if self._processes:
+            vectors: Vectors = await anyio.to_process.run_sync(hash_embed, list(texts), self._dim)
+            return vectors
         return await anyio.to_thread.run_sync(self.embed_sync, list(texts))
 
     async def embed_query(self, text: str) -> Vectors:
@@ -182,6 +189,11 @@ class HashEmbedder:
             sign = np.where((h >> np.uint64(63)) == 1, -weight, weight).astype(np.float32)
             vector += np.bincount(index, weights=sign, minlength=self._dim).astype(np.float32)
         return vector
+
+
+def hash_embed(texts: list[str], dim: int) -> Vectors:
+    """`HashEmbedder(dim).embed_sync(texts)`, as a module-level function for worker processes."""
+    return HashEmbedder(dim).embed_sync(texts)
 
 
 # --------------------------------------------------------------------------------------------

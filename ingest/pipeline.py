@@ -25,19 +25,21 @@ the other jobs go on.
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Final
 
 import anyio
+import anyio.to_process
 import numpy as np
+from anyio import BrokenWorkerProcess
 from anyio.abc import TaskStatus
 
 from ingest.catalog import Catalog, Ingested, SourceInfo, TableModel
-from ingest.chunking import chunk_id, chunk_text
-from ingest.documents import Document, extract
+from ingest.cpu import prepare_text
+from ingest.documents import Document
 from ingest.embed import Embedder
 from ingest.errors import IngestError, PermanentError, TransientError
 from ingest.queue import Job, Queue
@@ -63,6 +65,9 @@ class PipelineSettings:
     jobs_per_batch: int = 32  # documents a worker takes at once: one store write, one commit
     embed_batch: int = 256  # chunks per embed_documents call and store write
     idle_poll_seconds: float = 5.0
+    # Run extraction and chunking in worker processes, using the other cores and sparing the
+    # event loop's GIL; tests turn it off to avoid starting processes for every event loop.
+    cpu_processes: bool = True
 
 
 class Pipeline:
@@ -80,7 +85,11 @@ class Pipeline:
         self.store = store
         self.embedder = embedder
         self.settings = settings or PipelineSettings()
-        self._cpu = anyio.CapacityLimiter(1)  # extraction and chunking: one at a time per core
+        # Extraction and chunking: in worker processes (one per core) or one thread at a time.
+        self._cpu = anyio.CapacityLimiter(
+            max(1, os.cpu_count() or 1) if self.settings.cpu_processes else 1
+        )
+        self._use_processes = self.settings.cpu_processes
         self._pause_until = 0.0
         self._transient_streak = 0
         self.embedded_chunks = 0  # how many chunks were sent to the embedder, ever
@@ -272,23 +281,25 @@ class Pipeline:
             self.queue.waiting_reason = None
 
     async def _prepare(self, job: Job, known: SourceInfo | None) -> _Prepared:
-        document = Document.from_json(job.payload)
-        extracted = await anyio.to_thread.run_sync(extract, document, limiter=self._cpu)
-        content_hash = hashlib.sha256(extracted.text.encode()).hexdigest()
-        prepared = _Prepared(job, document, content_hash, extracted.title, extracted.lang)
-        if known is not None and known.state == "ok" and known.content_hash == content_hash:
+        document = Document.from_json(job.payload)  # cheap, and a bad payload fails here
+        known_hash = known.content_hash if known is not None and known.state == "ok" else None
+        args = (job.payload, known_hash, self.settings.chunk_tokens, self.settings.chunk_overlap)
+        text = None
+        if self._use_processes:
+            try:
+                text = await anyio.to_process.run_sync(prepare_text, *args, limiter=self._cpu)
+            except BrokenWorkerProcess:
+                # Worker processes cannot start or keep dying (memory, a sandbox): carry on in
+                # threads rather than fail documents for it.
+                _log.warning("worker processes failed; extracting in threads", exc_info=True)
+                self._use_processes = False
+        if text is None:
+            text = await anyio.to_thread.run_sync(prepare_text, *args, limiter=self._cpu)
+        prepared = _Prepared(job, document, text.content_hash, text.title, text.lang)
+        if text.chunks is None:
             prepared.unchanged = True
-            return prepared
-        chunks = await anyio.to_thread.run_sync(
-            lambda: chunk_text(
-                extracted.text,
-                budget=self.settings.chunk_tokens,
-                overlap=self.settings.chunk_overlap,
-            ),
-            limiter=self._cpu,
-        )
-        for chunk in chunks:  # identical chunks of one source share an id: keep the first
-            prepared.texts.setdefault(chunk_id(document.source_id, chunk.text), chunk.text)
+        else:
+            prepared.texts = text.chunks
         return prepared
 
     async def _store_chunks(self, work: list[_Prepared]) -> None:

@@ -43,7 +43,14 @@ def queue(catalog: Catalog) -> Queue:
 
 def settings(**overrides: object) -> PipelineSettings:
     """Pipeline settings shrunk for tests."""
-    base: dict[str, object] = {"workers": 2, "idle_poll_seconds": 0.05, "chunk_tokens": 64}
+    # Threads, not worker processes: processes start anew with every test's event loop.
+    # test_pipeline runs one test with processes on.
+    base: dict[str, object] = {
+        "workers": 2,
+        "idle_poll_seconds": 0.05,
+        "chunk_tokens": 64,
+        "cpu_processes": False,
+    }
     return PipelineSettings(**{**base, **overrides})  # type: ignore[arg-type]
 
 

@@ -42,6 +42,13 @@ async def test_hash_embedder_is_deterministic_normalised_and_lexical() -> None:
     assert embedder.model == "satchel-hash-v1-256"
 
 
+async def test_hash_embedder_gives_the_same_vectors_in_worker_processes() -> None:
+    texts = [f"text number {i} " * 200 for i in range(20)]  # large enough to leave the thread
+    in_process = await HashEmbedder(128).embed_documents(texts)
+    elsewhere = await HashEmbedder(128, processes=True).embed_documents(texts)
+    assert np.array_equal(in_process, elsewhere)
+
+
 async def test_hash_embedder_copes_with_empty_and_huge_texts() -> None:
     embedder = HashEmbedder(64)
     vectors = await embedder.embed_documents(["", "a", "文" * 100_000])

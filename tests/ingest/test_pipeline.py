@@ -33,12 +33,13 @@ def article(paragraphs: list[str]) -> str:
     return "\n\n".join(paragraphs)
 
 
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
 async def test_documents_become_searchable_chunks(
-    queue: Queue, store: SQLiteStore, standin: Standin
+    queue: Queue, store: SQLiteStore, standin: Standin, processes: bool
 ) -> None:
     url, _ = standin
     embedder = OllamaEmbedder(url)
-    pipeline = Pipeline(queue, store, embedder, settings())
+    pipeline = Pipeline(queue, store, embedder, settings(cpu_processes=processes))
     await queue.enqueue(
         Document(
             "note:rust",
