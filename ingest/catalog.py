@@ -199,15 +199,6 @@ class Catalog:
 
     # -- vector tables ------------------------------------------------------------------------
 
-    async def table_model(self, name: str) -> TableModel | None:
-        """The model recorded for a vector table, if any."""
-        rows = list(
-            await self.conn.execute_fetchall(
-                "SELECT name, model, dim FROM vector_tables WHERE name = ?", (name,)
-            )
-        )
-        return TableModel(rows[0][0], rows[0][1], rows[0][2]) if rows else None
-
     async def bind_table(self, name: str, model: str, dim: int) -> TableModel:
         """Record that `model` makes `name`'s vectors, or check that it already does.
 
@@ -333,10 +324,3 @@ class Catalog:
             """,
             (source_id, source_type, now, now, error),
         )
-
-    async def touch_source(self, source_id: str) -> None:
-        """The source was seen again, unchanged."""
-        async with self.transaction() as conn:
-            await conn.execute(
-                "UPDATE sources SET last_seen = ? WHERE id = ?", (sqlitedb.utc_now(), source_id)
-            )

@@ -83,8 +83,8 @@ class Document:
                     f"got {self.published!r}"
                 )
         tags: Any = self.tags
-        if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
-            raise InvalidDocument("tags: expected a list of strings")
+        if not isinstance(tags, list | tuple) or not all(isinstance(t, str) for t in tags):
+            raise InvalidDocument(f"tags: expected a list of strings, got {tags!r:.60}")
         object.__setattr__(self, "tags", tuple(tags))
 
     def to_json(self) -> str:

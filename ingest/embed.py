@@ -201,7 +201,7 @@ def hash_embed(texts: list[str], dim: int) -> Vectors:
 
 
 @contextlib.contextmanager
-def _http_errors(server: str, model: str) -> Iterator[None]:
+def _http_errors(server: str) -> Iterator[None]:
     """Translate httpx failures into the queue's error kinds, chained."""
     try:
         yield
@@ -342,7 +342,7 @@ class OllamaEmbedder(_HTTPEmbedder):
         super().__init__(base_url, model, batch_size=batch_size, timeout=timeout, prefixes=prefixes)
 
     async def _embed(self, texts: list[str]) -> Vectors:
-        with _http_errors(self.server, self._model):
+        with _http_errors(self.server):
             # truncate=False: the chunker already fits the context; a silent cut would lose
             # text, so an over-long input must fail loudly instead.
             response = await self._client.post(
@@ -381,7 +381,7 @@ class OpenAIEmbedder(_HTTPEmbedder):
         )
 
     async def _embed(self, texts: list[str]) -> Vectors:
-        with _http_errors(self.server, self._model):
+        with _http_errors(self.server):
             response = await self._client.post(
                 "/v1/embeddings", json={"model": self._model, "input": texts}
             )

@@ -92,7 +92,6 @@ class Pipeline:
         self._use_processes = self.settings.cpu_processes
         self._pause_until = 0.0
         self._transient_streak = 0
-        self.embedded_chunks = 0  # how many chunks were sent to the embedder, ever
 
     # -- running ------------------------------------------------------------------------------
 
@@ -208,11 +207,7 @@ class Pipeline:
             return
         _log.warning("job %d (%s) failed: %s", job.id, job.source_id, message)
         async with self.catalog.transaction() as conn:
-            await conn.execute(
-                "UPDATE jobs SET state = 'failed', payload = NULL, lease_until = NULL, "
-                "last_error = ?, updated_at = ? WHERE id = ?",
-                (message, time.time(), job.id),
-            )
+            await Queue.mark_failed(conn, job, message, time.time())
             await Catalog.record_failure(
                 conn, source_id=job.source_id, source_type=_source_type(job), error=message
             )
@@ -312,7 +307,6 @@ class Pipeline:
         for start in range(0, len(missing), self.settings.embed_batch):
             batch = missing[start : start + self.settings.embed_batch]
             vectors = await self.embedder.embed_documents([text for _, _, text in batch])
-            self.embedded_chunks += len(batch)
             await self.store.insert(
                 table,
                 [

@@ -36,6 +36,7 @@ import anyio
 from ingest.catalog import Catalog
 from ingest.documents import Document
 from ingest.errors import IngestError
+from store import sqlitedb
 
 __all__ = ["Job", "JobInfo", "Queue", "QueueSettings", "QueueStats"]
 
@@ -100,11 +101,6 @@ class _Waiter:
     done: anyio.Event = field(default_factory=anyio.Event)
 
 
-async def _sequence(conn: aiosqlite.Connection) -> int:
-    rows = list(await conn.execute_fetchall("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'"))
-    return int(rows[0][0]) if rows else 0
-
-
 class Queue:
     """The jobs table of a `Catalog`, as a durable work queue (see the module docstring)."""
 
@@ -166,14 +162,14 @@ class Queue:
                     "WHERE source_id = ? AND state = 'pending'",
                     [(now, waiter.source_id) for waiter in batch],
                 )
-                before = await _sequence(conn)
+                before = await sqlitedb.sequence(conn, "jobs")
                 await conn.executemany(
                     "INSERT INTO jobs (source_id, payload, state, created_at, updated_at) "
                     "VALUES (?, ?, 'pending', ?, ?)",
                     [(waiter.source_id, waiter.payload, now, now) for waiter in batch],
                 )
                 # AUTOINCREMENT numbers the rows of this transaction, the only writer, in order.
-                if await _sequence(conn) != before + len(batch):
+                if await sqlitedb.sequence(conn, "jobs") != before + len(batch):
                     raise IngestError(f"{self.catalog.path}: job ids were not allocated in order")
                 for offset, waiter in enumerate(batch, start=1):
                     waiter.job_id = before + offset
@@ -311,15 +307,19 @@ class Queue:
             )
         self._wake()
 
+    @staticmethod
+    async def mark_failed(conn: aiosqlite.Connection, job: Job, error: str, now: float) -> None:
+        """Within the caller's transaction: the job can never succeed, for this reason."""
+        await conn.execute(
+            "UPDATE jobs SET state = 'failed', payload = NULL, lease_until = NULL, "
+            "last_error = ?, updated_at = ? WHERE id = ?",
+            (error, now, job.id),
+        )
+
     async def fail(self, job: Job, error: str) -> None:
         """The job can never succeed: mark it failed with the reason."""
-        now = self._clock()
         async with self.catalog.transaction() as conn:
-            await conn.execute(
-                "UPDATE jobs SET state = 'failed', payload = NULL, lease_until = NULL, "
-                "last_error = ?, updated_at = ? WHERE id = ?",
-                (error, now, job.id),
-            )
+            await self.mark_failed(conn, job, error, self._clock())
 
     # -- status -------------------------------------------------------------------------------
 

@@ -257,14 +257,6 @@ class SQLiteStore:
             _load_matrix, self.path, table.name, table.dim, limiter=self._compute
         )
 
-    async def _sequence(self, writer: aiosqlite.Connection, t: _Table) -> int:
-        """The largest rowid the table has ever used (AUTOINCREMENT's high-water mark)."""
-        async with writer.execute(
-            "SELECT seq FROM sqlite_sequence WHERE name = ?", (f"vectors_{t.name}",)
-        ) as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
-
     async def _bump_version(self, writer: aiosqlite.Connection, table: _Table) -> int:
         async with writer.execute(
             "UPDATE satchel_tables SET version = version + 1 WHERE name = ? RETURNING version",
@@ -390,14 +382,14 @@ class SQLiteStore:
             marks = ",".join("?" * len(ids))
             async with writer.execute(f"SELECT seq FROM {t.sql} WHERE id IN ({marks})", ids) as cur:
                 replaced.extend(row[0] for row in await cur.fetchall())
-        before = await self._sequence(writer, t)
+        before = await sqlitedb.sequence(writer, f"vectors_{t.name}")
         await writer.executemany(
             f"INSERT OR REPLACE INTO {t.sql} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
         )
         # AUTOINCREMENT gives each new row the largest rowid ever used plus one, and this
         # transaction is the only writer: the rows got before+1 .. before+len(rows), in
         # order. Checked rather than assumed, because the matrix depends on it.
-        after = await self._sequence(writer, t)
+        after = await sqlitedb.sequence(writer, f"vectors_{t.name}")
         if after - before != len(rows):
             raise StoreError(
                 f"{self.path}: table {t.name!r}: {len(rows)} rows took rowids "

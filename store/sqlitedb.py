@@ -16,7 +16,7 @@ import aiosqlite
 
 from store.base import StoreError
 
-__all__ = ["Migration", "connect", "migrate", "utc_now"]
+__all__ = ["Migration", "connect", "migrate", "sequence", "utc_now"]
 
 Migration = tuple[str, str]
 """(name, SQL script): statements separated by ';', run in one transaction."""
@@ -43,6 +43,18 @@ async def connect(
         await conn.close()
         raise
     return conn
+
+
+async def sequence(conn: aiosqlite.Connection, table: str) -> int:
+    """The largest rowid an AUTOINCREMENT table has ever used (0 before its first row).
+
+    Within a write transaction, rows inserted next get the following rowids, in order: that is
+    how a writer learns the ids of an executemany batch without reading them back.
+    """
+    rows = list(
+        await conn.execute_fetchall("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,))
+    )
+    return int(rows[0][0]) if rows else 0
 
 
 async def migrate(conn: aiosqlite.Connection, path: Path, migrations: Sequence[Migration]) -> None:

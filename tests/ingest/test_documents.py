@@ -86,6 +86,7 @@ def test_documents_survive_the_queue_as_json() -> None:
         ({"published": "yesterday"}, "published: expected an RFC 3339"),
         ({"published": "2024-05-01T12:00:00"}, "with an offset"),
         ({"tags": "rust"}, "tags: expected a list of strings"),
+        ({"tags": 5}, "tags: expected a list of strings"),
         ({"text": "x" * (MAX_CONTENT_BYTES + 1)}, "the limit is"),
         ({"text": "bad \ud800"}, "not valid Unicode"),
     ],
