@@ -10,17 +10,18 @@ It holds what Satchel knows about its inputs rather than the vectors themselves:
   of two models never mix in one table.
 - ``jobs``: the durable ingest queue (see `ingest.queue`, which owns its rows).
 
-`Catalog` owns the one connection to the file; the queue and the pipeline borrow it and
-serialise their transactions through `Catalog.transaction()`.
+`Catalog` owns the connections to the file. Reads go through `Catalog.conn` (aiosqlite);
+writes are plain functions of a `sqlite3.Connection` that `Catalog.write()` runs as one
+transaction in a worker thread, one at a time.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+import sqlite3
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Self
+from typing import Final, Self, TypeVar
 
 import aiosqlite
 import anyio
@@ -29,6 +30,8 @@ from ingest.errors import ModelMismatch, QueueClosed
 from store import sqlitedb
 
 __all__ = ["Catalog", "Ingested", "SourceInfo", "TableModel"]
+
+T = TypeVar("T")
 
 MIGRATIONS: Final[tuple[sqlitedb.Migration, ...]] = (
     (
@@ -130,9 +133,9 @@ class Catalog:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._conn: aiosqlite.Connection | None = None
+        self._sync: sqlite3.Connection | None = None  # for `write`; used under `_lock` only
         self._lock = anyio.Lock()
         self._closed = False
-        self._durable = True  # sqlitedb.connect sets synchronous = FULL
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -150,10 +153,14 @@ class Catalog:
         conn = await sqlitedb.connect(self.path, page_size=4096)
         try:
             await sqlitedb.migrate(conn, self.path, MIGRATIONS)
+            sync = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=5.0
+            )
         except BaseException:
             await conn.close()
             raise
         self._conn = conn
+        self._sync = sync
 
     async def aclose(self) -> None:
         """Close the connection; idempotent. Waits for a transaction in progress."""
@@ -162,6 +169,9 @@ class Catalog:
         self._closed = True
         with anyio.CancelScope(shield=True):
             async with self._lock:
+                if self._sync is not None:
+                    self._sync.close()
+                    self._sync = None
                 if self._conn is not None:
                     await self._conn.close()
                     self._conn = None
@@ -173,10 +183,14 @@ class Catalog:
             raise QueueClosed(f"the catalog {self.path} is closed")
         return self._conn
 
-    @asynccontextmanager
-    async def transaction(self, *, durable: bool = True) -> AsyncIterator[aiosqlite.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction, shielded so that a cancelled caller never leaves
-        it half done; commits on success, rolls back on error.
+    async def write(self, work: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
+        """Run `work(conn)` in one ``BEGIN IMMEDIATE`` transaction in a worker thread; return
+        its result. Commits when it returns, rolls back when it raises.
+
+        Every write to the catalog goes through here, serialised by one lock: a whole
+        transaction is one thread hop rather than one per statement, so the lock is held only as
+        long as SQLite needs it. That matters most to `Queue.enqueue`, whose latency is every
+        producer's latency.
 
         `durable` transactions are on disk when they commit (fsync). The others survive a killed
         process but may be lost with power: use them only for what a replay redoes harmlessly
@@ -185,17 +199,10 @@ class Catalog:
         """
         with anyio.CancelScope(shield=True):
             async with self._lock:
-                conn = self.conn
-                if durable != self._durable:
-                    await conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
-                    self._durable = durable
-                await conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                except BaseException:
-                    await conn.execute("ROLLBACK")
-                    raise
-                await conn.execute("COMMIT")
+                if self._sync is None or self._closed:
+                    raise QueueClosed(f"the catalog {self.path} is closed")
+                result = await anyio.to_thread.run_sync(_transact, self._sync, work, durable)
+        return result
 
     # -- vector tables ------------------------------------------------------------------------
 
@@ -204,17 +211,20 @@ class Catalog:
 
         Raises `ModelMismatch` naming the model the table expects.
         """
-        async with self.transaction() as conn:
-            async with conn.execute(
-                "SELECT model, dim FROM vector_tables WHERE name = ?", (name,)
-            ) as cur:
-                row = await cur.fetchone()
-            if row is None:
-                await conn.execute(
+
+        def bind(conn: sqlite3.Connection) -> tuple[str, int] | None:
+            row = conn.execute("SELECT model, dim FROM vector_tables WHERE name = ?", (name,))
+            found: tuple[str, int] | None = row.fetchone()
+            if found is None:
+                conn.execute(
                     "INSERT INTO vector_tables (name, model, dim, created_at) VALUES (?, ?, ?, ?)",
                     (name, model, dim, sqlitedb.utc_now()),
                 )
-                return TableModel(name, model, dim)
+            return found
+
+        row = await self.write(bind)
+        if row is None:
+            return TableModel(name, model, dim)
         if (row[0], row[1]) != (model, dim):
             raise ModelMismatch(
                 f"table {name!r} holds {row[1]}-dimensional vectors from model {row[0]!r}; "
@@ -269,13 +279,10 @@ class Catalog:
         return found
 
     @staticmethod
-    async def record_sources(conn: aiosqlite.Connection, ingested: Sequence[Ingested]) -> None:
-        """Within a transaction: these sources were ingested and now have exactly these chunks.
-
-        A few statements for the whole batch (each is a thread hop under the catalog's lock).
-        """
+    def record_sources(conn: sqlite3.Connection, ingested: Sequence[Ingested]) -> None:
+        """Within a transaction: these sources were ingested and now have exactly these chunks."""
         now = sqlitedb.utc_now()
-        await conn.executemany(
+        conn.executemany(
             """
             INSERT INTO sources (id, type, url, title, lang, content_hash, state, chunk_count,
                                  first_seen, last_seen, last_error)
@@ -301,21 +308,21 @@ class Catalog:
                 for s in ingested
             ],
         )
-        await conn.executemany(
+        conn.executemany(
             "DELETE FROM source_chunks WHERE source_id = ?", [(s.source_id,) for s in ingested]
         )
-        await conn.executemany(
+        conn.executemany(
             "INSERT INTO source_chunks (source_id, chunk_id) VALUES (?, ?)",
             [(s.source_id, chunk) for s in ingested for chunk in s.chunk_ids],
         )
 
     @staticmethod
-    async def record_failure(
-        conn: aiosqlite.Connection, *, source_id: str, source_type: str, error: str
+    def record_failure(
+        conn: sqlite3.Connection, *, source_id: str, source_type: str, error: str
     ) -> None:
         """Within a transaction: the source could not be ingested, for this reason."""
         now = sqlitedb.utc_now()
-        await conn.execute(
+        conn.execute(
             """
             INSERT INTO sources (id, type, state, first_seen, last_seen, last_error)
             VALUES (?, ?, 'failed', ?, ?, ?)
@@ -324,3 +331,17 @@ class Catalog:
             """,
             (source_id, source_type, now, now, error),
         )
+
+
+def _transact(
+    conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T], durable: bool
+) -> T:
+    conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(conn)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result

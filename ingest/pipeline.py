@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Final
@@ -206,11 +207,15 @@ class Pipeline:
             await self.queue.retry_later(job, message, delay=self.queue.backoff(job.attempts))
             return
         _log.warning("job %d (%s) failed: %s", job.id, job.source_id, message)
-        async with self.catalog.transaction() as conn:
-            await Queue.mark_failed(conn, job, message, time.time())
-            await Catalog.record_failure(
-                conn, source_id=job.source_id, source_type=_source_type(job), error=message
+        source_type = _source_type(job)
+
+        def record(conn: sqlite3.Connection) -> None:
+            Queue.mark_failed(conn, job, message, time.time())
+            Catalog.record_failure(
+                conn, source_id=job.source_id, source_type=source_type, error=message
             )
+
+        await self.catalog.write(record)
 
     # -- the work -----------------------------------------------------------------------------
 
@@ -242,35 +247,39 @@ class Pipeline:
                 continue
             (unchanged if prepared.unchanged else work).append(prepared)
         if unchanged:
-            async with self.catalog.transaction(durable=False) as conn:
-                await conn.executemany(
-                    "UPDATE sources SET last_seen = ? WHERE id = ?",
-                    [(utc_now(), item.document.source_id) for item in unchanged],
-                )
-                await Queue.mark_done(conn, [item.job for item in unchanged], time.time())
+            seen = [(utc_now(), item.document.source_id) for item in unchanged]
+            done = [item.job for item in unchanged]
+
+            def record_unchanged(conn: sqlite3.Connection) -> None:
+                conn.executemany("UPDATE sources SET last_seen = ? WHERE id = ?", seen)
+                Queue.mark_done(conn, done, time.time())
+
+            await self.catalog.write(record_unchanged, durable=False)
             for item in unchanged:
                 unfinished.pop(item.job.id, None)
         if work:
             await self._store_chunks(work)
-            async with self.catalog.transaction(durable=False) as conn:
-                # Not durable: the chunks are (the store syncs its writes), and losing this
-                # commit only means the jobs are replayed, which finds the chunks stored.
-                await Catalog.record_sources(
-                    conn,
-                    [
-                        Ingested(
-                            source_id=item.document.source_id,
-                            source_type=item.document.source_type,
-                            url=item.document.url,
-                            title=item.title,
-                            lang=item.lang,
-                            content_hash=item.content_hash,
-                            chunk_ids=list(item.texts),
-                        )
-                        for item in work
-                    ],
+            ingested = [
+                Ingested(
+                    source_id=item.document.source_id,
+                    source_type=item.document.source_type,
+                    url=item.document.url,
+                    title=item.title,
+                    lang=item.lang,
+                    content_hash=item.content_hash,
+                    chunk_ids=list(item.texts),
                 )
-                await Queue.mark_done(conn, [item.job for item in work], time.time())
+                for item in work
+            ]
+            finished = [item.job for item in work]
+
+            def record_ingested(conn: sqlite3.Connection) -> None:
+                Catalog.record_sources(conn, ingested)
+                Queue.mark_done(conn, finished, time.time())
+
+            # Not durable: the chunks are (the store syncs its writes), and losing this commit
+            # only means the jobs are replayed, which finds the chunks stored.
+            await self.catalog.write(record_ingested, durable=False)
             for item in work:
                 unfinished.pop(item.job.id, None)
             self.queue.waiting_reason = None

@@ -25,18 +25,18 @@ Lifecycle of a job::
 from __future__ import annotations
 
 import random
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
-import aiosqlite
 import anyio
+import anyio.lowlevel
 
 from ingest.catalog import Catalog
 from ingest.documents import Document
 from ingest.errors import IngestError
-from store import sqlitedb
 
 __all__ = ["Job", "JobInfo", "Queue", "QueueSettings", "QueueStats"]
 
@@ -98,7 +98,10 @@ class _Waiter:
     payload: str
     job_id: int | None = None
     error: BaseException | None = None
-    done: anyio.Event = field(default_factory=anyio.Event)
+
+    @property
+    def settled(self) -> bool:
+        return self.job_id is not None or self.error is not None
 
 
 class Queue:
@@ -115,7 +118,8 @@ class Queue:
         self.settings = settings or QueueSettings()
         self._clock = clock
         self._pending: list[_Waiter] = []
-        self._commit_lock = anyio.Lock()
+        self._committing = False  # a producer is writing the pending jobs
+        self._committed = anyio.Event()  # set (and replaced) after each group commit
         self._work = anyio.Event()
         self.waiting_reason: str | None = None
 
@@ -134,10 +138,22 @@ class Queue:
         waiters = [_Waiter(d.source_id, d.to_json()) for d in documents]
         self._pending.extend(waiters)
         try:
-            while any(w.job_id is None and w.error is None for w in waiters):
-                async with self._commit_lock:
-                    if any(w.job_id is None and w.error is None for w in waiters):
-                        await self._commit_pending()
+            while not all(w.settled for w in waiters):
+                if self._committing:
+                    await self._committed.wait()
+                    continue
+                # This producer writes every pending job, its own and the others', then wakes
+                # them all at once.
+                self._committing = True
+                try:
+                    # One turn of the event loop first: producers that are ready to run join
+                    # this commit instead of waiting for the next.
+                    await anyio.lowlevel.checkpoint()
+                    await self._commit_pending()
+                finally:
+                    self._committing = False
+                    self._committed.set()
+                    self._committed = anyio.Event()
         except BaseException:
             for waiter in waiters:  # cancelled before anyone took them: they never were
                 if waiter in self._pending:
@@ -152,27 +168,11 @@ class Queue:
         batch = self._pending[: self.settings.max_batch]
         del self._pending[: len(batch)]
         now = self._clock()
+        rows = [(waiter.source_id, waiter.payload) for waiter in batch]
         try:
-            async with self.catalog.transaction() as conn:
-                # A handful of statements per batch, not per job: each is a thread hop, and
-                # the catalog's lock is held meanwhile.
-                # The newest content wins: an older pending job for the source is moot.
-                await conn.executemany(
-                    "UPDATE jobs SET state = 'superseded', payload = NULL, updated_at = ? "
-                    "WHERE source_id = ? AND state = 'pending'",
-                    [(now, waiter.source_id) for waiter in batch],
-                )
-                before = await sqlitedb.sequence(conn, "jobs")
-                await conn.executemany(
-                    "INSERT INTO jobs (source_id, payload, state, created_at, updated_at) "
-                    "VALUES (?, ?, 'pending', ?, ?)",
-                    [(waiter.source_id, waiter.payload, now, now) for waiter in batch],
-                )
-                # AUTOINCREMENT numbers the rows of this transaction, the only writer, in order.
-                if await sqlitedb.sequence(conn, "jobs") != before + len(batch):
-                    raise IngestError(f"{self.catalog.path}: job ids were not allocated in order")
-                for offset, waiter in enumerate(batch, start=1):
-                    waiter.job_id = before + offset
+            first = await self.catalog.write(lambda conn: _insert_jobs(conn, rows, now))
+            for offset, waiter in enumerate(batch):
+                waiter.job_id = first + offset
         except BaseException as exc:
             for waiter in batch:
                 waiter.job_id = None
@@ -200,74 +200,32 @@ class Queue:
     async def claim_many(self, limit: int) -> list[Job]:
         """Up to `limit` claimable jobs, oldest first, at most one per source, leased together."""
         now = self._clock()
-        async with self.catalog.transaction(durable=False) as conn:  # a lost claim is replayed
-            lost = await self._fail_lost_jobs(conn, now)
-            rows = await conn.execute_fetchall(
-                """
-                SELECT id, source_id, payload, attempts, state FROM jobs AS j
-                WHERE ((state = 'pending' AND not_before <= ?)
-                       OR (state = 'running' AND lease_until < ?))
-                  AND NOT EXISTS (
-                      SELECT 1 FROM jobs AS other
-                      WHERE other.source_id = j.source_id AND other.state = 'running'
-                        AND other.lease_until >= ? AND other.id != j.id)
-                ORDER BY id LIMIT ?
-                """,
-                (now, now, now, limit * 2),
-            )
-            jobs: list[Job] = []
-            lost_flags: list[int] = []
-            sources: set[str] = set()
-            for job_id, source_id, payload, attempts, state in rows:
-                if source_id in sources or len(jobs) == limit:
-                    continue  # the source's older job is in this batch already
-                was_lost = state == "running"
-                if was_lost and jobs:
-                    continue  # a job that lost its worker goes alone (below), next time
-                sources.add(source_id)
-                jobs.append(Job(job_id, source_id, payload, attempts + 1))
-                lost_flags.append(int(was_lost))
-                if was_lost:
-                    # Alone, so that if it is what kills the worker, it alone pays for it
-                    # (MAX_LOST), not the innocent jobs that shared its batch.
-                    break
-            await conn.executemany(
-                "UPDATE jobs SET state = 'running', attempts = attempts + 1, "
-                "lease_until = ?, lost = lost + ?, updated_at = ? WHERE id = ?",
-                [
-                    (now + self.settings.lease_seconds, flag, now, job.id)
-                    for job, flag in zip(jobs, lost_flags, strict=True)
-                ],
-            )
+        lease_until = now + self.settings.lease_seconds
+        max_lost = self.settings.max_lost
+        jobs, lost = await self.catalog.write(  # not durable: a lost claim is replayed
+            lambda conn: _claim(conn, limit, now, lease_until, max_lost), durable=False
+        )
         if lost:
             self._wake()
         return jobs
 
-    async def _fail_lost_jobs(self, conn: aiosqlite.Connection, now: float) -> int:
-        """Fail jobs whose lease ran out `max_lost` times: they kill their worker."""
-        async with conn.execute(
-            "UPDATE jobs SET state = 'failed', payload = NULL, updated_at = ?, "
-            "last_error = 'the worker was lost ' || lost || ' times while processing this job "
-            "(it may crash or hang the process); not retried' "
-            "WHERE state = 'running' AND lease_until < ? AND lost + 1 >= ? RETURNING id",
-            (now, now, self.settings.max_lost),
-        ) as cur:
-            return len(list(await cur.fetchall()))
-
     async def renew(self, *jobs: Job) -> None:
         """Extend the jobs' leases: the worker is still on them."""
         now = self._clock()
-        async with self.catalog.transaction(durable=False) as conn:
-            await conn.executemany(
+        rows = [(now + self.settings.lease_seconds, now, job.id) for job in jobs]
+        await self.catalog.write(
+            lambda conn: conn.executemany(
                 "UPDATE jobs SET lease_until = ?, updated_at = ? "
                 "WHERE id = ? AND state = 'running'",
-                [(now + self.settings.lease_seconds, now, job.id) for job in jobs],
-            )
+                rows,
+            ),
+            durable=False,
+        )
 
     @staticmethod
-    async def mark_done(conn: aiosqlite.Connection, jobs: Sequence[Job], now: float) -> None:
+    def mark_done(conn: sqlite3.Connection, jobs: Sequence[Job], now: float) -> None:
         """Within the caller's transaction (with the results the jobs produced): they are done."""
-        await conn.executemany(
+        conn.executemany(
             "UPDATE jobs SET state = 'done', payload = NULL, lease_until = NULL, "
             "last_error = NULL, updated_at = ? WHERE id = ?",
             [(now, job.id) for job in jobs],
@@ -275,8 +233,8 @@ class Queue:
 
     async def complete(self, job: Job) -> None:
         """The job is done (for work whose results need no transaction of their own)."""
-        async with self.catalog.transaction(durable=False) as conn:
-            await self.mark_done(conn, [job], self._clock())
+        now = self._clock()
+        await self.catalog.write(lambda conn: self.mark_done(conn, [job], now), durable=False)
         self.waiting_reason = None
 
     def backoff(self, attempt: int) -> float:
@@ -289,28 +247,32 @@ class Queue:
     async def retry_later(self, job: Job, error: str, *, delay: float) -> None:
         """Put the job back; it becomes claimable after `delay` seconds."""
         now = self._clock()
-        async with self.catalog.transaction(durable=False) as conn:
-            await conn.execute(
+        await self.catalog.write(
+            lambda conn: conn.execute(
                 "UPDATE jobs SET state = 'pending', not_before = ?, lease_until = NULL, "
                 "last_error = ?, updated_at = ? WHERE id = ?",
                 (now + delay, error, now, job.id),
-            )
+            ),
+            durable=False,
+        )
 
     async def release(self, job: Job) -> None:
         """Give the job back untouched (shutdown): claimable at once, the attempt not counted."""
         now = self._clock()
-        async with self.catalog.transaction(durable=False) as conn:
-            await conn.execute(
+        await self.catalog.write(
+            lambda conn: conn.execute(
                 "UPDATE jobs SET state = 'pending', attempts = attempts - 1, lease_until = NULL, "
                 "updated_at = ? WHERE id = ? AND state = 'running'",
                 (now, job.id),
-            )
+            ),
+            durable=False,
+        )
         self._wake()
 
     @staticmethod
-    async def mark_failed(conn: aiosqlite.Connection, job: Job, error: str, now: float) -> None:
+    def mark_failed(conn: sqlite3.Connection, job: Job, error: str, now: float) -> None:
         """Within the caller's transaction: the job can never succeed, for this reason."""
-        await conn.execute(
+        conn.execute(
             "UPDATE jobs SET state = 'failed', payload = NULL, lease_until = NULL, "
             "last_error = ?, updated_at = ? WHERE id = ?",
             (error, now, job.id),
@@ -318,8 +280,8 @@ class Queue:
 
     async def fail(self, job: Job, error: str) -> None:
         """The job can never succeed: mark it failed with the reason."""
-        async with self.catalog.transaction() as conn:
-            await self.mark_failed(conn, job, error, self._clock())
+        now = self._clock()
+        await self.catalog.write(lambda conn: self.mark_failed(conn, job, error, now))
 
     # -- status -------------------------------------------------------------------------------
 
@@ -359,12 +321,85 @@ class Queue:
     async def prune(self, older_than: float) -> int:
         """Delete finished jobs last touched more than `older_than` seconds ago."""
         cutoff = self._clock() - older_than
-        async with (
-            self.catalog.transaction() as conn,
-            conn.execute(
-                "DELETE FROM jobs WHERE state IN ('done', 'superseded') AND updated_at < ? "
-                "RETURNING id",
-                (cutoff,),
-            ) as cur,
-        ):
-            return len(list(await cur.fetchall()))
+        return await self.catalog.write(
+            lambda conn: (
+                conn.execute(
+                    "DELETE FROM jobs WHERE state IN ('done', 'superseded') AND updated_at < ?",
+                    (cutoff,),
+                ).rowcount
+            )
+        )
+
+
+def _insert_jobs(conn: sqlite3.Connection, rows: Sequence[tuple[str, str]], now: float) -> int:
+    """Insert pending jobs for (source id, payload) rows; return the first one's id."""
+    # The newest content wins: an older pending job for the source is moot.
+    conn.executemany(
+        "UPDATE jobs SET state = 'superseded', payload = NULL, updated_at = ? "
+        "WHERE source_id = ? AND state = 'pending'",
+        [(now, source_id) for source_id, _ in rows],
+    )
+    before = _sequence(conn)
+    conn.executemany(
+        "INSERT INTO jobs (source_id, payload, state, created_at, updated_at) "
+        "VALUES (?, ?, 'pending', ?, ?)",
+        [(source_id, payload, now, now) for source_id, payload in rows],
+    )
+    # AUTOINCREMENT numbers the rows of this transaction, the only writer, in order.
+    if _sequence(conn) != before + len(rows):
+        raise IngestError("job ids were not allocated in order")
+    return before + 1
+
+
+def _sequence(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _claim(
+    conn: sqlite3.Connection, limit: int, now: float, lease_until: float, max_lost: int
+) -> tuple[list[Job], int]:
+    """Lease up to `limit` claimable jobs (see `Queue.claim_many`); also fail the jobs that
+    lost their worker `max_lost` times. Returns the jobs and how many were failed."""
+    lost = conn.execute(
+        "UPDATE jobs SET state = 'failed', payload = NULL, updated_at = ?, "
+        "last_error = 'the worker was lost ' || lost || ' times while processing this job "
+        "(it may crash or hang the process); not retried' "
+        "WHERE state = 'running' AND lease_until < ? AND lost + 1 >= ?",
+        (now, now, max_lost),
+    ).rowcount
+    rows = conn.execute(
+        """
+        SELECT id, source_id, payload, attempts, state FROM jobs AS j
+        WHERE ((state = 'pending' AND not_before <= ?)
+               OR (state = 'running' AND lease_until < ?))
+          AND NOT EXISTS (
+              SELECT 1 FROM jobs AS other
+              WHERE other.source_id = j.source_id AND other.state = 'running'
+                AND other.lease_until >= ? AND other.id != j.id)
+        ORDER BY id LIMIT ?
+        """,
+        (now, now, now, limit * 2),
+    ).fetchall()
+    jobs: list[Job] = []
+    lost_flags: list[int] = []
+    sources: set[str] = set()
+    for job_id, source_id, payload, attempts, state in rows:
+        if source_id in sources or len(jobs) == limit:
+            continue  # the source's older job is in this batch already
+        was_lost = state == "running"
+        if was_lost and jobs:
+            continue  # a job that lost its worker goes alone (below), next time
+        sources.add(source_id)
+        jobs.append(Job(job_id, source_id, payload, attempts + 1))
+        lost_flags.append(int(was_lost))
+        if was_lost:
+            # Alone, so that if it is what kills the worker, it alone pays for it
+            # (max_lost), not the innocent jobs that shared its batch.
+            break
+    conn.executemany(
+        "UPDATE jobs SET state = 'running', attempts = attempts + 1, "
+        "lease_until = ?, lost = lost + ?, updated_at = ? WHERE id = ?",
+        [(lease_until, flag, now, job.id) for job, flag in zip(jobs, lost_flags, strict=True)],
+    )
+    return jobs, lost
