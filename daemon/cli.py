@@ -1,16 +1,43 @@
 """The `satchel` command line.
 
-Only `--version` and `--help` exist so far; the daemon work adds `run`, `status`, `search` and
-the rest, each speaking to the daemon's socket API.
+``satchel run`` is the daemon itself. ``service`` manages the login service and ``doctor``
+checks the installation locally; every other command is a client of the daemon's socket API
+and says how to start the daemon when it is not running. Errors go to stderr as one line
+naming the problem; exit status 0 means success, 1 an error, 2 a usage error, 3 "the daemon is
+not running".
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
 
 from daemon import __version__
+from daemon.config import Config, ConfigError, load_config, usable_socket_path
+
+__all__ = ["build_parser", "main"]
+
+NOT_RUNNING = 3
+
+
+class CLIError(Exception):
+    """A failure to report in one line, with the exit status to use."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# -- the parser -------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,15 +50,428 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"satchel {__version__}")
+    parser.add_argument(
+        "--config", type=Path, help="the config file (default: in Satchel's config directory)"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    commands.add_parser("run", help="run the daemon in the foreground")
+
+    status = commands.add_parser("status", help="what the daemon is doing")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+
+    search = commands.add_parser("search", help="search what Satchel holds")
+    search.add_argument("query", help="what to look for")
+    search.add_argument("-k", type=int, default=5, help="how many results (default 5)")
+    search.add_argument("--filter", help="a filter, e.g. \"source_type = 'page'\"")
+    search.add_argument("--table", help="the table (default from the config)")
+    search.add_argument("--json", action="store_true", help="print the raw JSON")
+
+    add = commands.add_parser("add", help="add a file, or text from stdin ('-')")
+    add.add_argument("source", help="a file path, or - for stdin")
+    add.add_argument("--title", help="a title")
+    add.add_argument("--tag", action="append", default=[], help="a tag (repeatable)")
+    add.add_argument("--html", action="store_true", help="the content is HTML")
+
+    sources = commands.add_parser("sources", help="list or remove sources")
+    sources_commands = sources.add_subparsers(dest="sources_command", metavar="ACTION")
+    sources_list = sources_commands.add_parser("list", help="list sources")
+    sources_list.add_argument("--json", action="store_true", help="one JSON object per line")
+    sources_rm = sources_commands.add_parser("rm", help="remove a source and its chunks")
+    sources_rm.add_argument("source_id")
+
+    export = commands.add_parser("export", help="write every record (with vectors) as NDJSON")
+    export.add_argument("file", type=Path, help="where to write (- for stdout)")
+    export.add_argument("--table", help="the table (default from the config)")
+
+    import_ = commands.add_parser("import", help="load records from an export")
+    import_.add_argument("file", type=Path, help="an export file")
+    import_.add_argument("--table", help="the table (default from the config)")
+
+    commands.add_parser("doctor", help="check the installation and say how to fix problems")
+
+    service = commands.add_parser("service", help="the login service (launchd / systemd)")
+    service.add_argument("action", choices=["install", "uninstall", "status"])
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `satchel` console script."""
     parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        config = load_config(args.config)
+        return _COMMANDS[args.command](config, args)
+    except ConfigError as exc:
+        return _fail(str(exc), 1)
+    except CLIError as exc:
+        return _fail(str(exc), exc.status)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"satchel: {message}", file=sys.stderr)
+    return status
+
+
+# -- talking to the daemon --------------------------------------------------------------------
+
+
+class _Client:
+    """The daemon's API over its socket, with errors turned into `CLIError`s."""
+
+    def __init__(self, config: Config, timeout: float = 60.0) -> None:
+        self.socket = usable_socket_path(config.paths)
+        self._http = httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(self.socket)),
+            base_url="http://satchel",
+            timeout=timeout,
+        )
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except (httpx.ConnectError, FileNotFoundError) as exc:
+            raise self._not_running() from exc
+        except httpx.HTTPError as exc:
+            raise CLIError(f"talking to the daemon at {self.socket}: {exc}") from exc
+        return _checked(response)
+
+    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[bytes]:
+        try:
+            with self._http.stream(method, path, **kwargs) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    _checked(response)
+                yield from response.iter_bytes()
+        except (httpx.ConnectError, FileNotFoundError) as exc:
+            raise self._not_running() from exc
+
+    def _not_running(self) -> CLIError:
+        return CLIError(
+            f"the daemon is not running (nothing answers on {self.socket}). Start it with "
+            "`satchel run`, or install the login service with `satchel service install`.",
+            NOT_RUNNING,
+        )
+
+
+def _checked(response: httpx.Response) -> Any:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code >= 400:
+        message = body.get("error") if isinstance(body, dict) else response.text[:200]
+        raise CLIError(f"{message} (HTTP {response.status_code})")
+    return body
+
+
+# -- the commands -----------------------------------------------------------------------------
+
+
+def _run(config: Config, args: argparse.Namespace) -> int:
+    # Imported here: the client commands need none of the daemon's weight (numpy, uvicorn).
+    import anyio  # noqa: PLC0415
+
+    from daemon.main import AlreadyRunning, run, setup_logging  # noqa: PLC0415
+
+    setup_logging(config)
+    try:
+        return anyio.run(run, config)
+    except AlreadyRunning as exc:
+        print(f"satchel: {exc}", file=sys.stderr)
+        return 0 if exc.healthy else 1
+
+
+def _status(config: Config, args: argparse.Namespace) -> int:
+    status = _Client(config).request("GET", "/status")
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    embedder = status["embedder"]
+    queue = status["queue"]
+    latency = status["search_latency"]
+    lines = [
+        f"Satchel {status['version']}, up {_duration(status['uptime_seconds'])}, "
+        f"backend {status['backend']}",
+        f"embedder: {embedder['provider']} {embedder['model'] or ''} ({embedder['state']})",
+    ]
+    if embedder.get("warning"):
+        lines.append(f"  warning: {embedder['warning']}")
+    detail = embedder.get("detail") or {}
+    if detail.get("pull_total"):
+        done = detail.get("pull_completed") or 0
+        lines.append(f"  pulling {detail.get('model')}: {_bar(done, detail['pull_total'])}")
+    for name, table in status["tables"].items():
+        lines.append(f"table {name}: {table['count']:,} records")
+    lines.append(
+        f"queue: {queue['pending']} pending, {queue['in_flight']} in flight, "
+        f"{queue['failed']} failed, {queue['done']} done"
+    )
+    if queue.get("oldest_pending_age") is not None:
+        lines.append(f"  oldest pending: {_duration(queue['oldest_pending_age'])}")
+    if queue.get("waiting_reason"):
+        lines.append(f"  waiting: {queue['waiting_reason']}")
+    if queue.get("last_error"):
+        lines.append(f"  last failure: {queue['last_error']}")
+    if latency["count"]:
+        lines.append(
+            f"search: p50 {latency['p50_ms']:.1f} ms, p95 {latency['p95_ms']:.1f} ms "
+            f"over {latency['count']} searches"
+        )
+    for child in status["children"]:
+        lines.append(
+            f"child {child['name']}: {child['state']} (pid {child['pid']}, "
+            f"{child['restarts']} restarts)"
+        )
+    print("\n".join(lines))
     return 0
+
+
+def _search(config: Config, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"query": args.query, "top_k": args.k}
+    if args.filter:
+        body["filter"] = args.filter
+    if args.table:
+        body["table"] = args.table
+    found = _Client(config).request("POST", "/search", json=body)
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    if found.get("warning"):
+        print(f"warning: {found['warning']}\n")
+    if not found["results"]:
+        print("no results")
+    for rank, hit in enumerate(found["results"], start=1):
+        where = hit.get("url") or hit["source_id"]
+        title = hit.get("title") or ""
+        print(f"{rank}. [{hit['score']:.3f}] {title} {where}".replace("  ", " "))
+        text = " ".join(hit["text_chunk"].split())
+        print(f"   {text[:300]}{'…' if len(text) > 300 else ''}")
+    return 0
+
+
+def _add(config: Config, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"tags": args.tag}
+    if args.source == "-":
+        body["content"] = sys.stdin.read()
+    else:
+        path = Path(args.source).expanduser().resolve()
+        try:
+            body["content"] = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CLIError(f"{path}: cannot read it as UTF-8 text ({exc})") from None
+        body["url"] = path.as_uri()
+        html = path.suffix.lower() in (".html", ".htm")
+        body["format"] = "html" if html else "markdown" if path.suffix == ".md" else "text"
+        if not html:  # a page's own <title> is better than its file name
+            body["title"] = path.name
+    if args.html:
+        body["format"] = "html"
+    if args.title:
+        body["title"] = args.title
+    if not body["content"].strip():
+        raise CLIError(f"{args.source}: empty; nothing to add")
+    answer = _Client(config).request("POST", "/documents", json=body)
+    print(f"queued {answer['source_id']} as job {answer['job_id']}")
+    return 0
+
+
+def _sources(config: Config, args: argparse.Namespace) -> int:
+    client = _Client(config)
+    if args.sources_command == "rm":
+        answer = client.request("DELETE", f"/sources/{quote(args.source_id, safe='')}")
+        print(f"removed {answer['deleted']} and its {answer['chunks']} chunks")
+        return 0
+    after = ""
+    while True:
+        page = client.request("GET", "/sources", params={"after": after, "limit": 1000})
+        for source in page["sources"]:
+            if getattr(args, "json", False):
+                print(json.dumps(source))
+            else:
+                error = f"  ({source['last_error']})" if source["last_error"] else ""
+                print(
+                    f"{source['state']:7} {source['chunk_count']:5} chunks  "
+                    f"{source['title'] or ''}  {source['id']}{error}"
+                )
+        if len(page["sources"]) < 1000:
+            return 0
+        after = page["sources"][-1]["id"]
+
+
+def _export(config: Config, args: argparse.Namespace) -> int:
+    params = {"table": args.table} if args.table else {}
+    client = _Client(config, timeout=600)
+    out = sys.stdout.buffer if str(args.file) == "-" else args.file.open("wb")
+    written = 0
+    try:
+        for chunk in client.stream("GET", "/export", params=params):
+            out.write(chunk)
+            written += chunk.count(b"\n")
+            if out is not sys.stdout.buffer:
+                _progress(f"exported {max(0, written - 1):,} records")
+    finally:
+        if out is not sys.stdout.buffer:
+            out.close()
+    if out is not sys.stdout.buffer:
+        print(f"\nexported {max(0, written - 1):,} records to {args.file}", file=sys.stderr)
+    return 0
+
+
+def _import(config: Config, args: argparse.Namespace) -> int:
+    path: Path = args.file
+    try:
+        size = path.stat().st_size
+        handle = path.open("rb")
+    except OSError as exc:
+        raise CLIError(f"{path}: {exc.strerror}") from None
+
+    def chunks() -> Iterator[bytes]:
+        sent = 0
+        with handle:
+            while block := handle.read(1 << 20):
+                sent += len(block)
+                _progress(f"importing {_bar(sent, size)}")
+                yield block
+
+    params = {"table": args.table} if args.table else {}
+    answer = _Client(config, timeout=3600).request(
+        "POST",
+        "/import",
+        content=chunks(),
+        params=params,
+        headers={"Content-Type": "application/x-ndjson"},
+    )
+    print(f"\nimported {answer['imported']:,} records", file=sys.stderr)
+    return 0
+
+
+def _doctor(config: Config, args: argparse.Namespace) -> int:
+    problems = 0
+
+    def check(ok: bool, what: str, fix: str = "") -> None:
+        nonlocal problems
+        print(f"{'ok ' if ok else 'BAD'}  {what}")
+        if not ok:
+            problems += 1
+            print(f"     fix: {fix}")
+
+    paths = config.paths
+    check(
+        True,
+        f"config: {paths.config_file} ({'found' if paths.config_file.exists() else 'defaults'})",
+    )
+    for name, directory in (("data", paths.data_dir), ("logs", paths.log_dir)):
+        exists = directory.exists()
+        writable = exists and os.access(directory, os.W_OK)
+        check(
+            writable or not exists,
+            f"{name} directory: {directory}" + ("" if exists else " (created on first run)"),
+            f"make it writable: chmod u+rwx {directory}",
+        )
+    try:
+        socket_path = usable_socket_path(paths)
+        check(True, f"socket path: {socket_path}")
+    except ConfigError as exc:
+        check(False, str(exc), "set [daemon] socket_path to a shorter path")
+        socket_path = None
+    if socket_path is not None and socket_path.parent.exists():
+        mode = socket_path.parent.stat().st_mode & 0o777
+        check(mode == 0o700, f"socket directory mode {mode:o}", f"chmod 700 {socket_path.parent}")
+    running = False
+    if socket_path is not None:
+        try:
+            status = _Client(config, timeout=5).request("GET", "/status")
+            running = True
+            check(True, f"daemon: running, embedder {status['embedder']['provider']}")
+            if status["embedder"].get("warning"):
+                check(False, status["embedder"]["warning"], "install Ollama: https://ollama.com")
+        except CLIError:
+            check(
+                False, "daemon: not running", "start it: satchel run (or satchel service install)"
+            )
+    if config.embedder.provider in ("auto", "ollama"):
+        ollama_ok = _ollama_answers(config.embedder.ollama_url)
+        binary = config.embedder.ollama_binary or shutil.which("ollama")
+        check(
+            ollama_ok or bool(binary) or running,
+            f"Ollama: {'answers at ' + config.embedder.ollama_url if ollama_ok else 'not running'}"
+            + (f", binary {binary}" if binary else ", no `ollama` on PATH"),
+            'install Ollama (https://ollama.com) or set [embedder] provider = "hash"',
+        )
+    target = paths.data_dir if paths.data_dir.exists() else Path.home()
+    free = shutil.disk_usage(target).free
+    check(free > 1 << 30, f"disk: {free / (1 << 30):.1f} GiB free at {target}", "free some space")
+    return 1 if problems else 0
+
+
+def _ollama_answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url.rstrip('/')}/api/version", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _service(config: Config, args: argparse.Namespace) -> int:
+    from daemon import service  # noqa: PLC0415 - only this command needs it
+
+    try:
+        if args.action == "install":
+            spec = service.ServiceSpec(
+                program=service.default_program(config.paths.config_file),
+                log_dir=config.paths.log_dir,
+                shutdown_grace=config.daemon.shutdown_grace_seconds,
+                satchel_home=config.paths.home,
+            )
+            print(service.install(spec))
+        elif args.action == "uninstall":
+            print(service.uninstall())
+        else:
+            print(service.status().summary)
+    except service.ServiceError as exc:
+        raise CLIError(str(exc)) from None
+    return 0
+
+
+_COMMANDS = {
+    "run": _run,
+    "status": _status,
+    "search": _search,
+    "add": _add,
+    "sources": _sources,
+    "export": _export,
+    "import": _import,
+    "doctor": _doctor,
+    "service": _service,
+}
+
+
+# -- output helpers ---------------------------------------------------------------------------
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def _bar(done: float, total: float, width: int = 30) -> str:
+    share = 0.0 if total <= 0 else min(1.0, done / total)
+    filled = int(share * width)
+    return f"[{'#' * filled}{'.' * (width - filled)}] {share:4.0%}"
+
+
+def _progress(text: str) -> None:
+    if sys.stderr.isatty():
+        print(f"\r{text}", end="", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

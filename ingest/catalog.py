@@ -233,6 +233,15 @@ class Catalog:
             )
         return TableModel(name, model, dim)
 
+    async def table_binding(self, name: str) -> TableModel | None:
+        """Which model made the table's vectors, if it is bound."""
+        rows = await self.conn.execute_fetchall(
+            "SELECT model, dim FROM vector_tables WHERE name = ?", (name,)
+        )
+        for model, dim in rows:
+            return TableModel(name, model, dim)
+        return None
+
     # -- sources ------------------------------------------------------------------------------
 
     async def source(self, source_id: str) -> SourceInfo | None:
@@ -277,6 +286,29 @@ class Catalog:
             for source_id, chunk in rows:
                 found.setdefault(source_id, set()).add(chunk)
         return found
+
+    async def forget_source(self, source_id: str) -> set[str] | None:
+        """Drop the source's row and its pending jobs; return the chunk ids it had (for the
+        caller to delete from the vector store), or None if the source is unknown."""
+
+        def forget(conn: sqlite3.Connection) -> set[str] | None:
+            chunks = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT chunk_id FROM source_chunks WHERE source_id = ?", (source_id,)
+                )
+            }
+            known = conn.execute("DELETE FROM sources WHERE id = ?", (source_id,)).rowcount
+            conn.execute("DELETE FROM source_chunks WHERE source_id = ?", (source_id,))
+            # A queued version of the source would bring it back: it goes too.
+            queued = conn.execute(
+                "UPDATE jobs SET state = 'superseded', payload = NULL "
+                "WHERE source_id = ? AND state = 'pending'",
+                (source_id,),
+            ).rowcount
+            return chunks if known or queued else None
+
+        return await self.write(forget)
 
     @staticmethod
     def record_sources(conn: sqlite3.Connection, ingested: Sequence[Ingested]) -> None:

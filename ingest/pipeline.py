@@ -93,6 +93,7 @@ class Pipeline:
         self._use_processes = self.settings.cpu_processes
         self._pause_until = 0.0
         self._transient_streak = 0
+        self._stopping = anyio.Event()
 
     # -- running ------------------------------------------------------------------------------
 
@@ -130,11 +131,19 @@ class Pipeline:
                 tg.start_soon(self._worker, number)
             task_status.started()
 
+    def stop(self) -> None:
+        """Claim no more jobs: `run` returns once the batches in hand are finished. (Cancel it
+        to cut them short: their jobs are given back to the queue.)"""
+        self._stopping.set()
+        self.queue.wake()  # idle workers see it now, not at their next poll
+
     async def _worker(self, number: int) -> None:
-        while True:
+        while not self._stopping.is_set():
             pause = self._pause_until - time.monotonic()
             if pause > 0:
-                await anyio.sleep(pause)
+                with anyio.move_on_after(pause):
+                    await self._stopping.wait()
+                continue
             jobs = await self.queue.claim_many(self.settings.jobs_per_batch)
             if not jobs:
                 await self.queue.wait_for_work(self.settings.idle_poll_seconds)

@@ -178,9 +178,10 @@ class Queue:
                 waiter.job_id = None
                 waiter.error = exc
             raise
-        self._wake()
+        self.wake()
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """Wake the workers waiting in `wait_for_work`."""
         self._work.set()
         self._work = anyio.Event()
 
@@ -206,7 +207,7 @@ class Queue:
             lambda conn: _claim(conn, limit, now, lease_until, max_lost), durable=False
         )
         if lost:
-            self._wake()
+            self.wake()
         return jobs
 
     async def renew(self, *jobs: Job) -> None:
@@ -267,7 +268,7 @@ class Queue:
             ),
             durable=False,
         )
-        self._wake()
+        self.wake()
 
     @staticmethod
     def mark_failed(conn: sqlite3.Connection, job: Job, error: str, now: float) -> None:

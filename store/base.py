@@ -373,7 +373,8 @@ def check_top_k(top_k: object) -> int:
 def as_query_vector(table: str, dim: int, vector: object) -> Vector:
     """Validate a query vector against a table's dimension and return it unit-length, float32."""
     try:
-        array = np.asarray(vector, dtype=np.float32)
+        with np.errstate(over="ignore"):  # beyond float32's range: infinity, refused below
+            array = np.asarray(vector, dtype=np.float32)
     except (TypeError, ValueError) as exc:
         raise InvalidQuery(f"query vector: expected a sequence of numbers ({exc})") from None
     if array.ndim != 1:

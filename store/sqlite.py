@@ -573,6 +573,15 @@ class SQLiteStore:
             if len(rows) < batch_size:
                 return
 
+    def tables(self) -> dict[str, int]:
+        """The tables and their dimensions."""
+        self._conns()
+        return {name: table.dim for name, table in sorted(self._tables.items())}
+
+    async def preload(self, table: str) -> None:
+        """Load the table's search matrix now rather than on the first search."""
+        await self._matrix(self._table(table))
+
     async def count(self, table: str) -> int:
         """See `VectorStore.count`."""
         t = self._table(table)

@@ -54,3 +54,17 @@ def test_ingest_benchmark_smoke_run() -> None:
     ):
         assert figure in output
     print(output)
+
+
+def test_daemon_benchmark_smoke_run() -> None:
+    output = run_bench("bench/daemon.py", "--smoke")
+    for figure in (
+        "idle RSS, empty SQLite store",
+        "CPU while idle",
+        "start -> ready",
+        "POST /search over the socket",
+        "POST /documents ack, 50 clients",
+    ):
+        assert figure in output
+    assert "lancedb/pyarrow loaded: no" in output  # the daemon never imports them
+    print(output)
