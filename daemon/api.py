@@ -22,10 +22,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from daemon import __version__
+from daemon.config import Config
 from daemon.core import NotFound, NotReady, Satchel
 from daemon.schema import OPENAPI, InvalidRequest, request_schema, validate
 from ingest.documents import Document
 from ingest.errors import IngestError, PermanentError, TransientError
+from ingest.fetch import PROJECT_URL, FetchFailed, FetchSettings, fetch
 from store import StoreError, UnknownTable
 
 __all__ = ["MAX_JSON_BODY", "create_app"]
@@ -72,6 +75,10 @@ def create_app(satchel: Satchel) -> Starlette:
 
     async def documents(request: Request) -> Response:
         body = await _json_body(request, "/documents")
+        if "content" not in body:
+            if "url" not in body:
+                raise InvalidRequest("content: required, unless url names a page to fetch")
+            body = await _fetched(body, satchel.config)
         limit = satchel.config.ingest.max_document_bytes
         if len(body["content"].encode()) > limit:
             raise _TooLarge(f"content: larger than [ingest] max_document_bytes ({limit} bytes)")
@@ -145,6 +152,8 @@ def _guard(handler: Handler) -> Handler:
     async def guarded(request: Request) -> Response:
         try:
             return await handler(request)
+        except FetchFailed as exc:
+            return _error(502, str(exc))
         except (InvalidRequest, PermanentError, ValueError) as exc:
             if isinstance(exc, UnknownTable):
                 return _error(404, str(exc))
@@ -208,6 +217,23 @@ async def _lines(request: Request) -> AsyncIterator[bytes]:
             raise _TooLarge(f"body: a line longer than {MAX_JSON_BODY} bytes")
     if rest:
         yield rest
+
+
+async def _fetched(body: dict[str, Any], config: Config) -> dict[str, Any]:
+    """`body` with the content of its url, fetched through the guarded fetcher."""
+    feeds = config.feeds
+    settings = FetchSettings(
+        timeout=feeds.timeout_seconds,
+        max_bytes=min(feeds.max_bytes, config.ingest.max_document_bytes),
+        allowed_hosts=tuple(feeds.allowed_hosts),
+        user_agent=f"Satchel/{__version__} (+{PROJECT_URL})",
+    )
+    page = await fetch(body["url"], settings)
+    kind = page.content_type.split(";")[0].strip().lower()
+    if kind not in ("text/html", "application/xhtml+xml", "text/plain", "text/markdown", ""):
+        raise InvalidRequest(f"url: {page.url} is {kind}, not a page of text or HTML")
+    html = kind not in {"text/plain", "text/markdown"}
+    return {**body, "content": page.text(), "format": "html" if html else "text"}
 
 
 def _document(body: dict[str, Any]) -> Document:

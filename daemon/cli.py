@@ -67,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--table", help="the table (default from the config)")
     search.add_argument("--json", action="store_true", help="print the raw JSON")
 
-    add = commands.add_parser("add", help="add a file, or text from stdin ('-')")
-    add.add_argument("source", help="a file path, or - for stdin")
+    add = commands.add_parser("add", help="add a file, a web page, or text from stdin ('-')")
+    add.add_argument("source", help="a file path, an http(s) URL, or - for stdin")
     add.add_argument("--title", help="a title")
     add.add_argument("--tag", action="append", default=[], help="a tag (repeatable)")
     add.add_argument("--html", action="store_true", help="the content is HTML")
@@ -257,7 +257,9 @@ def _search(config: Config, args: argparse.Namespace) -> int:
 
 def _add(config: Config, args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"tags": args.tag}
-    if args.source == "-":
+    if args.source.startswith(("http://", "https://")):
+        body["url"] = args.source  # the daemon fetches it, through its guarded fetcher
+    elif args.source == "-":
         body["content"] = sys.stdin.read()
     else:
         path = Path(args.source).expanduser().resolve()
@@ -274,7 +276,7 @@ def _add(config: Config, args: argparse.Namespace) -> int:
         body["format"] = "html"
     if args.title:
         body["title"] = args.title
-    if not body["content"].strip():
+    if "content" in body and not body["content"].strip():
         raise CLIError(f"{args.source}: empty; nothing to add")
     answer = _Client(config).request("POST", "/documents", json=body)
     print(f"queued {answer['source_id']} as job {answer['job_id']}")

@@ -46,7 +46,6 @@ _SEARCH: Final = {
 _DOCUMENT: Final = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["content"],
     "properties": {
         "content": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT},
         "format": {"type": "string", "enum": ["text", "markdown", "html"]},
@@ -121,6 +120,7 @@ _ERRORS: Final = {
     "413": _answer("Body too large", _ERROR),
     "415": _answer("Content-Type is not application/json", _ERROR),
     "500": _answer("The store failed (the message says how)", _ERROR),
+    "502": _answer("Fetching the document's URL failed", _ERROR),
     "503": _answer("Not ready yet (the embedder is starting, or unreachable)", _ERROR),
 }
 _TABLE_PARAM: Final = {"name": "table", "in": "query", "required": False, "schema": _TABLE}
@@ -237,7 +237,8 @@ OPENAPI: Final[dict[str, Any]] = {
         },
         "/documents": {
             "post": {
-                "summary": "Queue a document; 202 once the job is committed",
+                "summary": "Queue a document (its content, or its url to fetch); 202 once the "
+                "job is committed",
                 "requestBody": {"required": True, **_json(_DOCUMENT)},
                 "responses": {
                     "202": _answer(

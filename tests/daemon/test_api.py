@@ -153,7 +153,7 @@ async def test_documents_are_acknowledged_with_a_committed_job(
     assert state["source_id"].startswith("text:")
     missing = await client.post("/documents", json={"title": "no content"})
     assert missing.status_code == 400
-    assert missing.json()["error"] == "content: required"
+    assert missing.json()["error"] == "content: required, unless url names a page to fetch"
     bad_tag = await client.post("/documents", json={"content": "x", "tags": ["ok", 3]})
     assert bad_tag.json()["error"] == "tags[1]: expected string, got 3"
 

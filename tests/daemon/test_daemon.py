@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon.daemon_proc import FAST_CONFIG, SHIM_DIR, DaemonProcess, alive, connectable
+from tests.loopback import body, serving
 
 
 @pytest.fixture
@@ -228,3 +229,69 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def test_export_then_import_through_the_cli(daemon: DaemonProcess, tmp_path: Path) -> None:
+    added = daemon.cli("add", "-", stdin="Swifts sleep on the wing.")
+    assert daemon.wait_job(_job_id(added.stdout.strip()))["state"] == "done"
+    dump = tmp_path / "dump.ndjson"
+    exported = daemon.cli("export", str(dump))
+    assert exported.returncode == 0, exported.stderr
+    lines = dump.read_text().splitlines()
+    assert '"model":"satchel-hash-v1-64"' in lines[0]
+    assert len(lines) == 2
+    assert "Swifts sleep" in lines[1]
+
+    other = DaemonProcess(tmp_path / "other").start()
+    try:
+        imported = other.cli("import", str(dump))
+        assert imported.returncode == 0, imported.stderr
+        assert "imported 1 records" in imported.stderr
+        found = other.cli("search", "swifts wing", "-k", "1")
+        assert "Swifts sleep on the wing." in found.stdout
+    finally:
+        other.stop()
+
+
+def test_doctor_checks_a_running_daemon(daemon: DaemonProcess) -> None:
+    result = daemon.cli("doctor")
+    assert "ok   daemon: running, embedder hash" in result.stdout
+    assert "ok   socket directory mode 700" in result.stdout
+    assert result.returncode == (1 if "BAD" in result.stdout else 0)
+
+
+def test_doctor_says_how_to_fix_a_stopped_daemon(tmp_path: Path) -> None:
+    result = DaemonProcess(tmp_path / "home").cli("doctor")
+    assert result.returncode == 1
+    assert "BAD  daemon: not running" in result.stdout
+    assert "fix: start it: satchel run" in result.stdout
+
+
+def test_a_bad_config_stops_the_daemon_with_a_clear_message(tmp_path: Path) -> None:
+    daemon = DaemonProcess(tmp_path / "home", '[embedder]\nprovder = "hash"\n')
+    result = daemon.cli("run")
+    assert result.returncode == 1
+    assert "[embedder] provder: unknown key; did you mean 'provider'?" in result.stderr
+
+
+def test_add_a_url_fetched_by_the_daemon_through_the_guard(tmp_path: Path) -> None:
+    page = (
+        b"<html><head><title>Herons</title></head><body><article><p>Grey herons stand "
+        b"motionless in the shallows, waiting for fish.</p></article></body></html>"
+    )
+    with serving({"/herons": body(page)}) as port:
+        config = FAST_CONFIG + f'\n[feeds]\nallowed_hosts = ["127.0.0.1:{port}"]\n'
+        daemon = DaemonProcess(tmp_path / "home", config).start()
+        try:
+            added = daemon.cli("add", f"http://127.0.0.1:{port}/herons")
+            assert added.returncode == 0, added.stderr
+            assert daemon.wait_job(_job_id(added.stdout.strip()))["state"] == "done"
+            found = daemon.cli("search", "herons shallows", "-k", "1")
+            assert "Herons" in found.stdout
+            assert f"http://127.0.0.1:{port}/herons" in found.stdout
+
+            refused = daemon.cli("add", f"http://localhost:{port}/herons")
+            assert refused.returncode == 1
+            assert "private or local address" in refused.stderr
+        finally:
+            daemon.stop()

@@ -13,8 +13,11 @@ import os
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import anyio
 import anyio.lowlevel
@@ -288,3 +291,73 @@ async def test_a_start_that_fails_is_unavailable(tmp_path: Path) -> None:
             assert child is not None
             assert child.state is ChildState.FAILED
             assert running(os.getpid())
+
+
+class _Odd(BaseHTTPRequestHandler):
+    """A server that is not quite Ollama: answers from `ANSWERS`, by method and path."""
+
+    ANSWERS: ClassVar[dict[tuple[str, str], tuple[int, object]]] = {}
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_POST(self) -> None:
+        self._answer()
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        status, body = self.ANSWERS.get((self.command, self.path), (404, {"error": "no route"}))
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@contextlib.contextmanager
+def odd_server(answers: dict[tuple[str, str], tuple[int, object]]) -> Iterator[str]:
+    handler = type("Handler", (_Odd,), {"ANSWERS": answers})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.mark.anyio
+async def test_a_refused_pull_fails_with_the_servers_error(tmp_path: Path) -> None:
+    answers: dict[tuple[str, str], tuple[int, object]] = {
+        ("GET", "/api/version"): (200, {"version": "0.12.0"}),
+        ("GET", "/api/tags"): (200, {"models": [{"name": "other:latest"}]}),
+        ("POST", "/api/pull"): (500, {"error": "registry unreachable"}),
+    }
+    with odd_server(answers) as url:
+        async with (
+            Supervisor(tmp_path / "run", FAST) as supervisor,
+            OllamaManager(url=url, model=MODEL, supervisor=supervisor) as manager,
+        ):
+            with pytest.raises(PullFailed, match=r"HTTP 500 \(registry unreachable\)"):
+                await manager.ensure()
+
+
+@pytest.mark.anyio
+async def test_something_else_on_the_port_is_not_taken_for_ollama(tmp_path: Path) -> None:
+    with odd_server({}) as url:
+        async with (
+            Supervisor(tmp_path / "run", FAST) as supervisor,
+            OllamaManager(
+                url=url, model=MODEL, supervisor=supervisor, env=environment(shim=True)
+            ) as manager,
+        ):
+            with pytest.raises(OllamaUnavailable, match=r"with HTTP 404 .*other than Ollama"):
+                await manager.ensure()
+            assert supervisor.get("ollama") is None
