@@ -199,6 +199,8 @@ async def _json_body(request: Request, path: str) -> dict[str, Any]:
         body = json.loads(b"".join(chunks))
     except ValueError as exc:
         raise InvalidRequest(f"body: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InvalidRequest("body: nested too deeply") from None
     validate(body, request_schema(path, "post"))
     if not isinstance(body, dict):  # the schema says object; this tells mypy
         raise InvalidRequest("body: expected a JSON object")

@@ -150,6 +150,8 @@ class _Client:
                 yield from response.iter_bytes()
         except (httpx.ConnectError, FileNotFoundError) as exc:
             raise self._not_running() from exc
+        except httpx.HTTPError as exc:
+            raise CLIError(f"the daemon's answer broke off: {exc}") from exc
 
     def _not_running(self) -> CLIError:
         return CLIError(
@@ -309,19 +311,24 @@ def _sources(config: Config, args: argparse.Namespace) -> int:
 def _export(config: Config, args: argparse.Namespace) -> int:
     params = {"table": args.table} if args.table else {}
     client = _Client(config, timeout=600)
-    out = sys.stdout.buffer if str(args.file) == "-" else args.file.open("wb")
-    written = 0
-    try:
+    if str(args.file) == "-":
         for chunk in client.stream("GET", "/export", params=params):
-            out.write(chunk)
-            written += chunk.count(b"\n")
-            if out is not sys.stdout.buffer:
-                _progress(f"exported {max(0, written - 1):,} records")
+            sys.stdout.buffer.write(chunk)
+        return 0
+    # Into a temporary file, renamed once complete: a failed export never clobbers the last one.
+    target: Path = args.file
+    partial = target.with_name(f".{target.name}.partial")
+    lines = 0
+    try:
+        with partial.open("wb") as out:
+            for chunk in client.stream("GET", "/export", params=params):
+                out.write(chunk)
+                lines += chunk.count(b"\n")
+                _progress(f"exported {max(0, lines - 1):,} records")
+        os.replace(partial, target)
     finally:
-        if out is not sys.stdout.buffer:
-            out.close()
-    if out is not sys.stdout.buffer:
-        print(f"\nexported {max(0, written - 1):,} records to {args.file}", file=sys.stderr)
+        partial.unlink(missing_ok=True)
+    print(f"\nexported {lines - 1:,} records to {target}", file=sys.stderr)
     return 0
 
 

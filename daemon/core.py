@@ -197,14 +197,16 @@ class Satchel:
 
     async def delete_source(self, source_id: str) -> int:
         """Forget a source and delete its chunks; return how many chunks went."""
-        chunks = await self.catalog.forget_source(source_id)
-        if chunks is None:
+        if await self.catalog.source(source_id) is None:
             raise NotFound(f"source {source_id!r}: no such source")
-        ids = sorted(chunks)
+        # The vectors first: if this is cut short, the source is still listed and `rm` can be
+        # run again, rather than its chunks staying searchable with nothing pointing at them.
+        ids = sorted(await self.catalog.chunk_ids(source_id))
         deleted = 0
         for start in range(0, len(ids), _DELETE_BATCH):
             where = to_text(In("id", tuple(ids[start : start + _DELETE_BATCH])))
             deleted += await self.store.delete_where(self.table, where)
+        await self.catalog.forget_source(source_id)
         return deleted
 
     # -- export and import --------------------------------------------------------------------

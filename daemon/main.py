@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import anyio
+import anyio.abc
 import httpx
 
 from daemon.api import create_app
@@ -270,7 +271,7 @@ async def run(config: Config) -> int:
             anyio.create_task_group() as tg,
         ):
             stop = anyio.Event()
-            tg.start_soon(_signals, stop)
+            await tg.start(_signals, stop)
             for line in await supervisor.reap_leftovers():
                 _log.warning("reaped a leftover child: %s", line)
             async with (
@@ -315,12 +316,24 @@ async def run(config: Config) -> int:
                     async def ingest_then_signal() -> None:
                         try:
                             await _ingest(config, satchel, supervisor, pipelines)
+                        except Exception as exc:
+                            # Ingestion stops; the API goes on serving what is stored, and
+                            # status says why (a table made by another model, say).
+                            _log.exception("ingestion stopped: %s", exc)
+                            satchel.embedding.state = "failed"
+                            satchel.embedding.warning = f"ingestion stopped: {exc}"
                         finally:
                             ingesting.set()
 
+                    async def preload() -> None:
+                        try:
+                            await store.preload(config.retrieval.table)
+                        except Exception:  # the first search will load it, or say why not
+                            _log.exception("could not preload %s", config.retrieval.table)
+
                     work.start_soon(ingest_then_signal)
                     if config.retrieval.table in store.tables():
-                        work.start_soon(store.preload, config.retrieval.table)
+                        work.start_soon(preload)
                     limit = config.daemon.startup_timeout_seconds
                     with anyio.fail_after(max(0.0, limit - (time.monotonic() - started))):
                         await server.ready.wait()
@@ -335,8 +348,11 @@ async def run(config: Config) -> int:
     return 0
 
 
-async def _signals(stop: anyio.Event) -> None:
+async def _signals(
+    stop: anyio.Event, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()  # from here on, SIGTERM and SIGINT are ours
         async for signum in signals:
             if stop.is_set():
                 _log.warning("%s again: already stopping", signal.Signals(signum).name)
@@ -368,3 +384,13 @@ async def _shutdown(
         _log.info("the embedder was still starting: nothing in flight")
     with anyio.move_on_after(max(0.1, deadline - time.monotonic())):
         await served.wait()
+    # Requests still running (a long export, a slow fetch) must not outlive the stores that
+    # close next: uvicorn's request tasks belong to no task group of ours, so cancel them here.
+    lingering = list(server.server_state.tasks)
+    for task in lingering:
+        task.cancel()
+    if lingering:
+        _log.warning("cut %d requests short", len(lingering))
+        with anyio.move_on_after(1.0):
+            while server.server_state.tasks:  # noqa: ASYNC110 - uvicorn's set, no event
+                await anyio.sleep(0.01)

@@ -46,6 +46,8 @@ _SEARCH: Final = {
 _DOCUMENT: Final = {
     "type": "object",
     "additionalProperties": False,
+    # The content, or a url for the daemon to fetch (checked in the handler).
+    "anyOf": [{"required": ["content"]}, {"required": ["url"]}],
     "properties": {
         "content": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT},
         "format": {"type": "string", "enum": ["text", "markdown", "html"]},

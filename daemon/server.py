@@ -58,12 +58,19 @@ def bind_socket(path: Path) -> socket.socket:
     lock, so no live daemon owns it); anything else at the path is refused.
     """
     directory = path.parent
+    created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    info = directory.stat()
+    info = directory.lstat()
+    if stat.S_ISLNK(info.st_mode):
+        raise SocketError(f"{directory}: a symbolic link; the socket's directory must be real")
     if info.st_uid != os.getuid():
         raise SocketError(f"{directory}: owned by uid {info.st_uid}, not by us; choose another")
-    if stat.S_IMODE(info.st_mode) != 0o700:
-        os.chmod(directory, 0o700)
+    if created:
+        os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
+    elif stat.S_IMODE(info.st_mode) & 0o077:
+        # Not ours to tighten (it may be $HOME): the 0600 socket and the peer check still
+        # keep others out.
+        _log.warning("%s is reachable by other users (mode %o)", directory, info.st_mode & 0o777)
     with contextlib.suppress(FileNotFoundError):
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
             raise SocketError(f"{path}: exists and is not a socket; move it away")
@@ -89,11 +96,12 @@ class _OwnerOnly(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         sock = transport.get_extra_info("socket")
         uid = peer_uid(sock) if sock is not None and sock.family == socket.AF_UNIX else None
-        if uid is not None and uid != os.getuid():
+        super().connection_made(transport)  # registered, so that closing it is tidy
+        if uid is None:
+            _log.warning("cannot check the peer's uid on this platform")
+        elif uid != os.getuid():
             _log.warning("refused a connection from uid %d", uid)
             transport.abort()
-            return
-        super().connection_made(transport)
 
 
 class UnixServer(uvicorn.Server):
@@ -106,7 +114,8 @@ class UnixServer(uvicorn.Server):
             lifespan="off",
             log_config=None,
             access_log=False,
-            timeout_graceful_shutdown=max(1, int(grace)),
+            # Inside the daemon's own grace, which then cuts what is left short.
+            timeout_graceful_shutdown=max(1, int(grace) - 1),
         )
         super().__init__(config)
         self.sock = sock

@@ -26,7 +26,7 @@ import socket
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import anyio
 import httpcore
@@ -87,11 +87,29 @@ class Fetched:
             return self.body.decode("utf-8", errors="replace")
 
 
+_NAT64: Final = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_NEVER: Final = (
+    ipaddress.ip_network("::/96"),  # IPv4-compatible (deprecated): ::127.0.0.1
+    ipaddress.ip_network("::ffff:0:0:0/96"),  # IPv4-translated: ::ffff:0:7f00:1
+    ipaddress.ip_network("fec0::/10"),  # site-local (deprecated)
+)
+
+
 def is_public(address: str) -> bool:
-    """Whether `address` is a public unicast address (IPv4-mapped IPv6 judged as IPv4)."""
+    """Whether `address` is a public unicast address. IPv6 forms that carry an IPv4 address
+    (mapped, 6to4, Teredo, NAT64) are judged by the IPv4 address they reach."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif ip.sixtofour is not None:
+            return is_public(str(ip.sixtofour))
+        elif ip.teredo is not None:
+            return all(is_public(str(part)) for part in ip.teredo)
+        elif any(ip in net for net in _NAT64):
+            return is_public(str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)))
+        elif any(ip in net for net in _NEVER):
+            return False
     # is_global excludes private, loopback, link-local, CGNAT (100.64/10), reserved and
     # unspecified ranges; multicast is global in places, but never a web server.
     return ip.is_global and not ip.is_multicast
@@ -175,7 +193,10 @@ class _GuardedTransport(httpx.AsyncHTTPTransport):
 async def fetch(url: str, settings: FetchSettings | None = None) -> Fetched:
     """GET `url` under the guards of the module docstring."""
     settings = settings or FetchSettings()
-    scheme = httpx.URL(url).scheme if "://" in url else ""
+    try:
+        scheme = httpx.URL(url).scheme if "://" in url else ""
+    except httpx.InvalidURL as exc:
+        raise Blocked(f"{url}: not a valid URL ({exc})") from None
     if scheme not in ("http", "https"):
         raise Blocked(f"{url}: only http and https URLs are fetched")
     client = httpx.AsyncClient(
@@ -190,17 +211,20 @@ async def fetch(url: str, settings: FetchSettings | None = None) -> Fetched:
         },
     )
     try:
-        async with client, client.stream("GET", url) as response:
-            if response.status_code >= 400:
-                raise FetchFailed(f"{url}: the server answered {response.status_code}")
-            body = await _read_capped(response, settings.max_bytes, url)
-            return Fetched(
-                url=str(response.url),
-                status=response.status_code,
-                content_type=response.headers.get("content-type", ""),
-                body=body,
-                headers=dict(response.headers),
-            )
+        # One deadline for the whole fetch: httpx's timeout is per read, and a server that
+        # trickles a byte at a time would hold a poll for hours.
+        with anyio.fail_after(settings.timeout):
+            async with client, client.stream("GET", url) as response:
+                if response.status_code >= 400:
+                    raise FetchFailed(f"{url}: the server answered {response.status_code}")
+                body = await _read_capped(response, settings.max_bytes, url)
+                return Fetched(
+                    url=str(response.url),
+                    status=response.status_code,
+                    content_type=response.headers.get("content-type", ""),
+                    body=body,
+                    headers=dict(response.headers),
+                )
     except _Refused as exc:
         raise Blocked(f"{url}: {exc}") from None
     except httpx.TooManyRedirects:
@@ -209,8 +233,8 @@ async def fetch(url: str, settings: FetchSettings | None = None) -> Fetched:
         raise Blocked(f"{url}: a redirect to an unsupported URL ({exc})") from None
     except httpx.InvalidURL as exc:
         raise Blocked(f"{url}: not a valid URL ({exc})") from None
-    except httpx.TimeoutException:
-        raise FetchFailed(f"{url}: no answer within {settings.timeout:g} s") from None
+    except (httpx.TimeoutException, TimeoutError):
+        raise FetchFailed(f"{url}: not fetched within {settings.timeout:g} s") from None
     except httpx.HTTPError as exc:
         if isinstance(exc.__context__, _Refused) or isinstance(exc.__cause__, _Refused):
             raise Blocked(f"{url}: {exc.__cause__ or exc.__context__}") from None
@@ -239,21 +263,27 @@ async def _read_capped(response: httpx.Response, max_bytes: int, url: str) -> by
         if len(out) > max_bytes:
             raise Blocked(f"{url}: larger than {max_bytes} bytes")
 
-    async for raw in response.aiter_raw():
-        if decoder is None:
-            take(raw)
-            continue
-        try:
-            data = decoder.decompress(raw, _STEP)
-            take(data)
-            while decoder.unconsumed_tail:
-                take(decoder.decompress(decoder.unconsumed_tail, _STEP))
-        except zlib.error as exc:
-            if encoding == "deflate" and not out:  # raw deflate, without a zlib header
-                decoder = zlib.decompressobj(-15)
-                take(decoder.decompress(raw, _STEP))
+    def inflate(decoder: Any, data: bytes) -> None:
+        # At most _STEP bytes of output per call, so a bomb is stopped at the cap having
+        # produced little more than the cap.
+        take(decoder.decompress(data, _STEP))
+        while decoder.unconsumed_tail:
+            take(decoder.decompress(decoder.unconsumed_tail, _STEP))
+
+    try:
+        async for raw in response.aiter_raw():
+            if decoder is None:
+                take(raw)
                 continue
-            raise FetchFailed(f"{url}: the body is not valid {encoding} ({exc})") from None
-    if decoder is not None:
-        take(decoder.flush())
+            try:
+                inflate(decoder, raw)
+            except zlib.error:
+                if encoding != "deflate" or out:
+                    raise
+                decoder = zlib.decompressobj(-15)  # raw deflate, without a zlib header
+                inflate(decoder, raw)
+        if decoder is not None:
+            take(decoder.flush())  # the input is consumed: what is left is under a window
+    except zlib.error as exc:
+        raise FetchFailed(f"{url}: the body is not valid {encoding} ({exc})") from None
     return bytes(out)

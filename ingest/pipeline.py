@@ -42,7 +42,7 @@ from ingest.catalog import Catalog, Ingested, SourceInfo, TableModel
 from ingest.cpu import prepare_text
 from ingest.documents import Document
 from ingest.embed import Embedder
-from ingest.errors import IngestError, PermanentError, TransientError
+from ingest.errors import IngestError, PermanentError, QueueClosed, TransientError
 from ingest.queue import Job, Queue
 from store import Record, StoreClosed, StoreError, TableExists, VectorStore
 from store.base import InvalidRecord
@@ -124,7 +124,10 @@ class Pipeline:
                 delay = self.queue.backoff(streak)
                 self.queue.waiting_reason = f"{exc}; retrying in {delay:.0f} s"
                 _log.warning("embedder not ready: %s", self.queue.waiting_reason)
-                await anyio.sleep(delay)
+                with anyio.move_on_after(delay):
+                    await self._stopping.wait()
+                if self._stopping.is_set():
+                    return
         self.queue.waiting_reason = None
         async with anyio.create_task_group() as tg:
             for number in range(self.settings.workers):
@@ -144,7 +147,15 @@ class Pipeline:
                 with anyio.move_on_after(pause):
                     await self._stopping.wait()
                 continue
-            jobs = await self.queue.claim_many(self.settings.jobs_per_batch)
+            try:
+                jobs = await self.queue.claim_many(self.settings.jobs_per_batch)
+            except QueueClosed:
+                raise
+            except Exception:  # the catalog is locked or the disk is full: try again later
+                _log.exception("worker %d could not claim jobs", number)
+                with anyio.move_on_after(self.settings.idle_poll_seconds):
+                    await self._stopping.wait()
+                continue
             if not jobs:
                 await self.queue.wait_for_work(self.settings.idle_poll_seconds)
                 continue

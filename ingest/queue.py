@@ -92,7 +92,7 @@ class QueueStats:
     waiting_reason: str | None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # by identity: two producers may send equal documents
 class _Waiter:
     source_id: str
     payload: str
@@ -167,6 +167,8 @@ class Queue:
     async def _commit_pending(self) -> None:
         batch = self._pending[: self.settings.max_batch]
         del self._pending[: len(batch)]
+        if not batch:
+            return
         now = self._clock()
         rows = [(waiter.source_id, waiter.payload) for waiter in batch]
         try:

@@ -295,3 +295,26 @@ def test_add_a_url_fetched_by_the_daemon_through_the_guard(tmp_path: Path) -> No
             assert "private or local address" in refused.stderr
         finally:
             daemon.stop()
+
+
+def test_a_table_of_another_model_stops_ingestion_not_the_daemon(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    first = DaemonProcess(home).start()
+    added = first.cli("add", "-", stdin="Moths navigate by the moon.")
+    assert first.wait_job(_job_id(added.stdout.strip()))["state"] == "done"
+    first.stop()
+
+    # The same data with another embedder (a user who installed Ollama, say).
+    second = DaemonProcess(home, FAST_CONFIG.replace("hash_dim = 64", "hash_dim = 128")).start()
+    try:
+        deadline = time.monotonic() + 30
+        while second.status()["embedder"]["state"] != "failed":
+            assert time.monotonic() < deadline, second.logs()
+            time.sleep(0.1)
+        warning = second.status()["embedder"]["warning"]
+        assert "satchel-hash-v1-64" in warning  # names the model the table expects
+        with second.http() as client:  # still serving what is stored
+            assert client.get("/sources").json()["sources"][0]["state"] == "ok"
+    finally:
+        second.stop()
+    assert second.wait_exit(15) == 0

@@ -7,7 +7,9 @@ that server's ``host:port`` the way a user allows a feed they host at home.
 from __future__ import annotations
 
 import gzip
+import time
 import zlib
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -39,6 +41,13 @@ def allowing(port: int, **kwargs: object) -> FetchSettings:
         ("::ffff:10.0.0.1", False),
         ("::ffff:8.8.8.8", True),
         ("ff02::1", False),
+        ("64:ff9b::a00:1", False),  # NAT64 to 10.0.0.1
+        ("64:ff9b::808:808", True),  # NAT64 to 8.8.8.8
+        ("64:ff9b:1::a00:1", False),
+        ("2002:7f00:1::1", False),  # 6to4 around 127.0.0.1
+        ("::127.0.0.1", False),
+        ("::ffff:0:7f00:1", False),
+        ("fec0::1", False),
     ],
 )
 def test_only_public_unicast_addresses_pass(address: str, public: bool) -> None:
@@ -108,6 +117,39 @@ async def test_compressed_bodies_are_decoded() -> None:
         for path in routes:
             page = await fetch(f"http://127.0.0.1:{port}{path}", allowing(port))
             assert page.body == text
+
+
+@pytest.mark.anyio
+async def test_raw_deflate_is_decoded_whole() -> None:
+    text = bytes(range(256)) * 12_000  # 3 MB that compresses poorly: many raw chunks
+    squeeze = zlib.compressobj(9, zlib.DEFLATED, -15)
+    raw = squeeze.compress(text) + squeeze.flush()
+    with serving({"/": body(raw, encoding="deflate")}) as port:
+        page = await fetch(f"http://127.0.0.1:{port}/", allowing(port, max_bytes=4_000_000))
+    assert page.body == text
+
+
+@pytest.mark.anyio
+async def test_a_trickling_server_hits_the_overall_deadline() -> None:
+    def trickle(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", "100")
+        handler.end_headers()
+        for _ in range(100):
+            handler.wfile.write(b"x")
+            handler.wfile.flush()
+            time.sleep(0.1)
+
+    with serving({"/": trickle}) as port:
+        settings = FetchSettings(allowed_hosts=(f"127.0.0.1:{port}",), timeout=1)
+        with pytest.raises(FetchFailed, match="not fetched within 1 s"):
+            await fetch(f"http://127.0.0.1:{port}/", settings)
+
+
+@pytest.mark.anyio
+async def test_a_malformed_url_is_refused() -> None:
+    with pytest.raises(Blocked, match="not a valid URL"):
+        await fetch("http://[::1/")
 
 
 @pytest.mark.anyio

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Awaitable
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from ingest.catalog import Catalog
@@ -54,6 +56,30 @@ async def test_concurrent_producers_share_commits_and_all_get_distinct_ids(
             tg.start_soon(produce, n)
     assert len(ids) == len(set(ids)) == 1000
     assert (await queue.stats()).pending == 1000
+
+
+async def test_a_cancelled_producer_never_takes_an_equal_documents_place(queue: Queue) -> None:
+    # B and A send equal documents and wait while another commit runs; A is cancelled and
+    # must withdraw its own job, not B's (they compare equal), or B would wait forever.
+    answered: list[int] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(queue.enqueue_many, [doc(f"bulk-{i}") for i in range(3000)])
+        await anyio.sleep(0.005)  # the bulk commit is under way in its thread
+        tg.start_soon(lambda: _append(answered, queue.enqueue(doc("same"))))
+        await anyio.lowlevel.checkpoint()
+        with anyio.CancelScope() as doomed:
+            doomed.cancel()
+            await queue.enqueue(doc("same"))
+        with anyio.fail_after(10):
+            while not answered:
+                await anyio.sleep(0.01)
+    info = await queue.job(answered[0])
+    assert info is not None
+    assert info.state == "pending"
+
+
+async def _append(into: list[int], job: Awaitable[int]) -> None:
+    into.append(await job)
 
 
 async def test_claims_come_in_order_with_a_lease(queue: Queue) -> None:
