@@ -363,7 +363,7 @@ async def _signals(
 
 async def _shutdown(
     config: Config,
-    server: Any,
+    server: UnixServer,
     served: anyio.Event,
     pipelines: list[Pipeline],
     ingesting: anyio.Event,
@@ -371,7 +371,7 @@ async def _shutdown(
     grace = config.daemon.shutdown_grace_seconds
     deadline = time.monotonic() + grace
     _log.info("no longer accepting connections")
-    server.should_exit = True
+    server.stop()
     _log.info("stopping the ingest workers (up to %.0f s for the batches in hand)", grace)
     for pipeline in pipelines:
         pipeline.stop()

@@ -120,6 +120,19 @@ class UnixServer(uvicorn.Server):
         super().__init__(config)
         self.sock = sock
         self.ready = anyio.Event()  # set once connections are accepted
+        self._exit = anyio.Event()
+
+    def stop(self) -> None:
+        """Stop accepting connections and finish the open ones (within the grace)."""
+        self.should_exit = True
+        self._exit.set()
+
+    async def main_loop(self) -> None:
+        """uvicorn's loop wakes ten times a second to look at `should_exit`; an idle daemon
+        should not. Once a second refreshes the Date header; `stop()` wakes it at once."""
+        while not await self.on_tick(0):  # tick 0: uvicorn refreshes its Date header
+            with anyio.move_on_after(1.0):
+                await self._exit.wait()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """uvicorn's start-up, then `ready`."""
