@@ -252,6 +252,9 @@ async def run(config: Config) -> int:
     started = time.monotonic()
     with _instance_lock(config, socket_path):
         _log.info("starting (pid %d, data in %s)", os.getpid(), config.paths.data_dir)
+        if config.retrieval.backend == "lancedb" or config.retrieval.lancedb_url:
+            # The LanceDB sidecar is not built yet: say so rather than pretend.
+            _log.warning("[retrieval] asks for LanceDB, which this version lacks; using SQLite")
         data = config.paths.data_dir
         data.mkdir(parents=True, exist_ok=True, mode=0o700)
         sup = config.supervisor
