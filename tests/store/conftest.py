@@ -26,7 +26,15 @@ async def open_sqlite(directory: Path) -> AsyncIterator[VectorStore]:
         yield store
 
 
-OPENERS: dict[str, StoreOpener] = {"sqlite": open_sqlite}
+@asynccontextmanager
+async def open_lance(directory: Path) -> AsyncIterator[VectorStore]:
+    from store.lance import LanceStore  # noqa: PLC0415 - lancedb takes ~3.6 s to import
+
+    async with LanceStore(directory / "lance") as store:
+        yield store
+
+
+OPENERS: dict[str, StoreOpener] = {"sqlite": open_sqlite, "lance": open_lance}
 
 
 @pytest.fixture(params=sorted(OPENERS))
