@@ -1,8 +1,9 @@
 """The store implementations the conformance suite runs against, and record helpers.
 
 Each implementation is a factory that opens a store on a directory; opening the same directory
-again must show the same data (the reopen tests rely on it). Later backends (LanceStore, the
-HTTP client in front of the sidecar) join by adding a factory here.
+again must show the same data (the reopen tests rely on it). The ``http-*`` openers start the
+sidecar (``python -m store serve``) as a real child process on the directory and talk to it
+through `HTTPStore`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import numpy as np
 import pytest
 
 from store.base import Record, VectorStore
+from store.http import HTTPStore
 from store.sqlite import SQLiteStore
+from tests.store.sidecar import running_sidecar
 
 StoreOpener = Callable[[Path], AbstractAsyncContextManager[VectorStore]]
 
@@ -34,7 +37,30 @@ async def open_lance(directory: Path) -> AsyncIterator[VectorStore]:
         yield store
 
 
-OPENERS: dict[str, StoreOpener] = {"sqlite": open_sqlite, "lance": open_lance}
+@asynccontextmanager
+async def open_http_sqlite(directory: Path) -> AsyncIterator[VectorStore]:
+    async with (
+        running_sidecar("sqlite", directory / "vectors.db") as sidecar,
+        HTTPStore(sidecar.url, secret=sidecar.secret) as store,
+    ):
+        yield store
+
+
+@asynccontextmanager
+async def open_http_lance(directory: Path) -> AsyncIterator[VectorStore]:
+    async with (
+        running_sidecar("lance", directory / "lance") as sidecar,
+        HTTPStore(sidecar.url, secret=sidecar.secret) as store,
+    ):
+        yield store
+
+
+OPENERS: dict[str, StoreOpener] = {
+    "sqlite": open_sqlite,
+    "lance": open_lance,
+    "http-sqlite": open_http_sqlite,
+    "http-lance": open_http_lance,
+}
 
 
 @pytest.fixture(params=sorted(OPENERS))
