@@ -17,8 +17,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
-import numpy as np
-
 from daemon import __version__
 from daemon.config import Config
 from ingest.catalog import Catalog
@@ -28,6 +26,7 @@ from ingest.queue import JobInfo, Queue
 from store import Record, SQLiteStore
 from store.base import VectorLike
 from store.filter import In, to_text
+from store.http import record_from_json, record_to_json
 
 __all__ = ["EXPORT_FORMAT", "EmbedderState", "NotFound", "NotReady", "Satchel", "SearchResult"]
 
@@ -227,9 +226,7 @@ class Satchel:
         yield _line(header)
         async for batch in self.store.export_all(name):
             for record in batch:
-                row = _record_json(record)
-                row["embedding"] = [float(x) for x in record.embedding]
-                yield _line(row)
+                yield _line(record_to_json(record, as_base64=False))
 
     async def import_lines(self, lines: AsyncIterator[bytes], table: str | None) -> int:
         """Load an `export` stream; refuses a stream made by another model than the table's."""
@@ -253,7 +250,7 @@ class Satchel:
                 await self._bind_import(name, header)
                 continue
             try:
-                batch.append(_record_from_json(item))
+                batch.append(record_from_json(item))
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"line {number}: {exc}") from None
             if len(batch) >= _IMPORT_BATCH:
@@ -308,19 +305,6 @@ def _record_json(record: Record, **extra: Any) -> dict[str, Any]:
         "tags": list(record.tags),
         **extra,
     }
-
-
-def _record_from_json(item: dict[str, Any]) -> Record:
-    embedding = item.get("embedding")
-    if not isinstance(embedding, list):
-        raise ValueError("embedding: expected a list of numbers")
-    fields = {k: item.get(k) for k in ("id", "source_id", "source_type", "text_chunk")}
-    return Record(
-        **fields,  # type: ignore[arg-type]
-        embedding=np.asarray(embedding, np.float32),
-        created_at=item.get("created_at"),  # type: ignore[arg-type]
-        tags=item.get("tags", ()),
-    )
 
 
 def _line(item: dict[str, Any]) -> bytes:

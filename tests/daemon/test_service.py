@@ -10,7 +10,6 @@ import json
 import os
 import plistlib
 import shlex
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -338,7 +337,6 @@ def test_an_executable_path_systemd_cannot_run_is_refused(tmp_path: Path, char: 
         render_systemd_unit(spec)
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
     odd = tmp_path / "python here & <there> %n"
     odd.mkdir()
@@ -353,8 +351,6 @@ def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
         timeout=30,
         check=False,
     )
-    if "Failed to initialize manager" in result.stderr:
-        pytest.skip(f"systemd-analyze cannot run here: {result.stderr.strip()}")
     assert result.returncode == 0, result.stderr
     assert str(unit) not in result.stdout + result.stderr  # no warning about our file
 
