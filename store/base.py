@@ -23,6 +23,7 @@ import numpy.typing as npt
 __all__ = [
     "MAX_DIM",
     "DimensionMismatch",
+    "IndexStatus",
     "InvalidFilter",
     "InvalidQuery",
     "InvalidRecord",
@@ -391,6 +392,17 @@ def as_query_vector(table: str, dim: int, vector: object) -> Vector:
 
 # --------------------------------------------------------------------------------------------
 # The protocol.
+
+
+@dataclass(frozen=True, slots=True)
+class IndexStatus:
+    """How a table is searched, for ``status``: the same shape from every backend."""
+
+    kind: str  # "exact" (every row compared) or the ANN index's type, such as "IVF_RQ"
+    state: str  # "exact", "building" (an index, while searches go on), or "indexed"
+    rows: int
+    unindexed_rows: int  # rows a search still compares exactly (all of them when kind is exact)
+    error: str | None = None  # why the last maintenance failed, if it did
 
 
 @runtime_checkable

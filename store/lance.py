@@ -7,11 +7,22 @@ language's LanceDB rendering (`store.filter.to_lance`) tests `tag_list` instead.
 async API is used. Upserts are one `merge_insert` on `id` each, so a batch commits whole as one
 table version, and writes are serialised by one lock so concurrent batches never conflict.
 
-Search is exact and on SQLiteStore's scale: LanceDB's flat cosine search (float32) picks a few
-more candidates than asked for, which are rescored in float64 and ordered by score then id;
-when candidates near the cut might hide more rows that tie with the k-th, the search widens and
-asks again. Each answer comes whole from one query, that is from one table version, so a search
-never observes half of a batch.
+Search is on SQLiteStore's scale: LanceDB's cosine search (float32) picks a few more candidates
+than asked for, which are rescored in float64 and ordered by score then id; when candidates near
+the cut might hide more rows that tie with the k-th, the search widens and asks again. Each
+answer comes whole from one query, that is from one table version, so a search never observes
+half of a batch.
+
+Below `IndexPolicy.ann_min_rows` rows a table is searched exactly. `maintain()` (which the
+sidecar runs every few seconds) takes it from there: scalar indexes for the filter columns, an
+IVF_RQ index once the table is big enough (chosen by measurement: README, "Index lifecycle"),
+rebuilt when the table has outgrown its partitions, `optimize()` to fold new rows into the
+indexes and compact fragments, and old versions cleaned up after a retention window. Builds run
+beside reads and writes; rows not yet indexed are still found, by exact comparison.
+
+A table whose newest manifest was left empty or cut short (a crash on a disk that never saw the
+fsync) is opened at its previous version and the damaged file moved aside, with a warning; a
+table that cannot be opened at all is reported as failed while the others serve on.
 
 This module imports lancedb (~3.6 s, ~200 MB): only the sidecar process may import it.
 """
@@ -19,9 +30,12 @@ This module imports lancedb (~3.6 s, ~200 MB): only the sidecar process may impo
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
-from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final, Self
 
@@ -30,11 +44,13 @@ import lancedb
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+from lancedb.index import Bitmap, BTree, IvfRq, LabelList
 from lancedb.query import ColumnOrdering
 
 from store import filter as filters
 from store.base import (
     DimensionMismatch,
+    IndexStatus,
     InvalidQuery,
     InvalidTableName,
     Record,
@@ -53,13 +69,25 @@ from store.base import (
     tags_to_json,
 )
 
-__all__ = ["LanceStore", "table_schema"]
+__all__ = ["IndexPolicy", "LanceStore", "table_schema"]
+
+log = logging.getLogger(__name__)
 
 _IN_CHUNK: Final = 500  # ids per `id IN (...)` predicate
 _EXTRA: Final = 8  # candidates fetched beyond k, so a tie at the k-th place is usually seen
 _MAX_LIMIT: Final = 2**31 - 1  # LanceDB's limit is a 32-bit count
 _ORDER_BY_ID: Final = [ColumnOrdering(column_name="id", ascending=True)]
 _NAME = "LanceDB store"
+_VECTOR_INDEX: Final = "embedding_ivf_rq_p"  # + the partition count: the name records it
+# The filter columns' indexes, and id's for upserts, lookups and exports.
+_SCALAR_INDEXES: Final[dict[str, type[BTree | Bitmap | LabelList]]] = {
+    "id": BTree,
+    "source_id": BTree,
+    "created_at": BTree,
+    "source_type": Bitmap,  # few distinct values
+    "tag_list": LabelList,  # serves array_has(), the rendering of `tags CONTAINS`
+}
+_MANIFEST_MAGIC: Final = b"LANC"  # the last four bytes of every complete Lance manifest
 
 _Matrix = npt.NDArray[np.float32]
 _Scores = npt.NDArray[np.float64]
@@ -131,6 +159,16 @@ def _read(rows: pa.Table, dim: int) -> tuple[list[Record], _Matrix]:
     return records, vectors
 
 
+def _vector_index(indices: Iterable[Any]) -> int | None:
+    """The partition count of the table's IVF_RQ index (its name records it), if it has one."""
+    counts = [
+        int(index.name.removeprefix(_VECTOR_INDEX))
+        for index in indices
+        if index.name.startswith(_VECTOR_INDEX) and index.name[len(_VECTOR_INDEX) :].isdigit()
+    ]
+    return max(counts, default=None)  # during a rebuild's last step, the newer one
+
+
 def _exact_scores(vectors: _Matrix, query: Vector) -> _Scores:
     # Per-row float64 reductions: identical vectors get identical scores wherever they sit,
     # so ties are real ties, settled by id.
@@ -147,12 +185,51 @@ def _close(resource: lancedb.AsyncConnection | lancedb.AsyncTable) -> None:
         resource.close()  # type: ignore[no-untyped-call]  # lancedb leaves close() unannotated
 
 
+@dataclass(frozen=True, slots=True)
+class IndexPolicy:
+    """When `LanceStore.maintain` indexes, optimizes and cleans up a table.
+
+    The figures behind the defaults are in the README ("Index lifecycle").
+    """
+
+    ann_min_rows: int = 20_000  # below this, exact search is fast enough and needs no build
+    optimize_growth: float = 0.10  # fold new rows in once they are this fraction of the indexed
+    max_small_fragments: int = 32  # compact once this many small fragments have piled up
+    retention_seconds: float = 3600.0  # versions older than this are deleted by optimize
+    exact_filter_rows: int = 20_000  # a filter matching at most this many rows: exact search
+    refine_factor: int = 10  # candidates re-ranked with full vectors, per result asked for
+
+    def __post_init__(self) -> None:
+        if self.ann_min_rows < 1_000:
+            # IVF training needs rows to learn partitions from; fewer make a poor index.
+            raise ValueError(f"ann_min_rows: expected at least 1000, got {self.ann_min_rows}")
+        if not self.retention_seconds >= 0.001:
+            # Zero would delete the versions that searches in flight are reading.
+            raise ValueError(
+                f"retention_seconds: expected at least 0.001, got {self.retention_seconds}"
+            )
+
+
+def _partitions(rows: int) -> int:
+    # sqrt(rows)/4 keeps partitions at a few thousand rows: ~80 at 100K, ~250 at 1M (measured
+    # in bench/lance.py); fewer partitions build faster, more make each probe cheaper.
+    return max(8, min(1024, round(math.sqrt(rows) / 4)))
+
+
+def _nprobes(partitions: int) -> int:
+    return max(10, math.ceil(partitions / 16))
+
+
 @dataclass(slots=True)
 class _Table:
     name: str
     dim: int
     handle: lancedb.AsyncTable
     schema: pa.Schema
+    partitions: int | None = None  # of the IVF_RQ index, when there is one
+    building: bool = False
+    error: str | None = None  # why the last maintenance failed
+    maintaining: anyio.Lock = field(default_factory=anyio.Lock)
 
 
 class LanceStore:
@@ -163,10 +240,12 @@ class LanceStore:
     time should write a store directory: each table handle sees the writes made through it.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, policy: IndexPolicy | None = None) -> None:
         self.path = Path(path)
+        self.policy = policy or IndexPolicy()
         self._db: lancedb.AsyncConnection | None = None
         self._tables: dict[str, _Table] = {}
+        self._failed: dict[str, str] = {}  # tables that could not be opened, and why
         self._write_lock = anyio.Lock()
         self._closed = False
 
@@ -202,12 +281,71 @@ class LanceStore:
                         check_table_name(name)
                     except InvalidTableName:
                         continue  # a name this store could not have made: not ours
-                    self._tables[name] = await self._describe(name, await db.open_table(name))
+                    handle = await self._open_table(db, name)
+                    if handle is not None:
+                        self._tables[name] = await self._describe(name, handle)
             except BaseException:
                 self._close_handles()
                 _close(db)
                 raise
             self._db = db
+
+    async def _open_table(
+        self, db: lancedb.AsyncConnection, name: str
+    ) -> lancedb.AsyncTable | None:
+        """Open a table; if its newest manifest is damaged, at the version before. None (and
+        the reason kept for every use of the table) when it cannot be opened at all: one bad
+        table must not keep the others from being served, nor the sidecar from starting."""
+        try:
+            return await db.open_table(name)
+        except (OSError, RuntimeError, ValueError) as exc:
+            failure = f"{type(exc).__name__}: {exc}"
+        moved = self._set_aside_damaged_manifest(name)
+        if moved is not None:
+            try:
+                handle = await db.open_table(name)
+            except (OSError, RuntimeError, ValueError) as exc:
+                failure = f"{failure}; and after setting aside {moved}: {exc}"
+            else:
+                version = await handle.version()
+                log.warning(
+                    "%s: table %r: its newest manifest was damaged (%s); opened version %d, "
+                    "the last complete one. The write that made the damaged version is lost.",
+                    self.path,
+                    name,
+                    moved,
+                    version,
+                )
+                return handle
+        message = f"{self.path}: table {name!r} cannot be opened: {failure}"
+        log.error("%s", message)
+        self._failed[name] = message
+        return None
+
+    def _set_aside_damaged_manifest(self, name: str) -> str | None:
+        """Move the table's newest manifest out of `_versions` if it is incomplete (empty, or
+        cut short before Lance's closing magic); say what was moved. Anything else is left."""
+        versions = self.path / f"{name}.lance" / "_versions"
+        numbered: list[tuple[int, Path]] = []
+        for entry in versions.glob("*.manifest"):
+            if entry.stem.isdigit():
+                n = int(entry.stem)
+                # Lance's V2 naming stores u64::MAX - version, so the newest sorts first.
+                numbered.append((2**64 - 1 - n if n >= 2**63 else n, entry))
+        if not numbered:
+            return None
+        version, newest = max(numbered)
+        with newest.open("rb") as f:
+            size = f.seek(0, 2)
+            f.seek(max(0, size - len(_MANIFEST_MAGIC)))
+            complete = size >= len(_MANIFEST_MAGIC) and f.read() == _MANIFEST_MAGIC
+        if complete:
+            return None
+        aside = versions.parent / "_damaged"
+        aside.mkdir(exist_ok=True)
+        target = aside / f"{newest.name}.{time.strftime('%Y%m%dT%H%M%S')}"
+        newest.rename(target)
+        return f"version {version}, {size} bytes, moved to {target}"
 
     async def _describe(self, name: str, handle: lancedb.AsyncTable) -> _Table:
         schema = await handle.schema()
@@ -218,7 +356,9 @@ class LanceStore:
                 f"{self.path}: table {name!r} does not have a Satchel schema: expected columns "
                 f"{', '.join(_COLUMNS)}, got {', '.join(schema.names)}"
             )
-        return _Table(name, int(embedding.list_size), handle, schema)
+        table = _Table(name, int(embedding.list_size), handle, schema)
+        table.partitions = _vector_index(await handle.list_indices())
+        return table
 
     async def aclose(self) -> None:
         """Close every table and the connection; idempotent. Waits for a write in progress."""
@@ -263,6 +403,8 @@ class LanceStore:
     def _table(self, name: str) -> _Table:
         self._conn()
         check_table_name(name)
+        if name in self._failed:
+            raise StoreError(self._failed[name])
         table = self._tables.get(name)
         if table is None:
             raise UnknownTable(name)
@@ -288,6 +430,9 @@ class LanceStore:
             for existing in self._tables.values():
                 if existing.name.lower() == name.lower():
                     raise TableExists(existing.name, existing.dim)
+            for failed, message in self._failed.items():
+                if failed.lower() == name.lower():
+                    raise StoreError(message)
             schema = table_schema(dim)
             handle = await self._conn().create_table(name, schema=schema)
             self._tables[name] = _Table(name, dim, handle, schema)
@@ -326,8 +471,22 @@ class LanceStore:
         margin = _margin(t.dim)
         limit = min(k + _EXTRA, _MAX_LIMIT)
         with self._errors("search", table):
+            partitions = t.partitions
+            # A selective filter leaves too few rows in the probed partitions for a good answer,
+            # and so few rows that comparing them all is quick (the scalar indexes find them).
+            if (
+                partitions is not None
+                and where is not None
+                and await t.handle.count_rows(where) <= self.policy.exact_filter_rows
+            ):
+                partitions = None
             while True:
                 search = t.handle.vector_search(query).distance_type("cosine").limit(limit)
+                if partitions is None:
+                    search = search.bypass_vector_index()
+                else:
+                    search = search.nprobes(_nprobes(partitions))
+                    search = search.refine_factor(self.policy.refine_factor)
                 if where is not None:
                     search = search.where(where)
                 rows = await search.to_arrow()
@@ -403,6 +562,116 @@ class LanceStore:
             yield batch
             if len(batch) < batch_size:
                 return
+
+    # -- index lifecycle ------------------------------------------------------------------------
+
+    async def maintain(self, table: str) -> list[str]:
+        """One maintenance pass over `table`; returns what it did (empty: nothing was due).
+
+        Builds missing scalar indexes; builds the IVF_RQ index once the table reaches
+        `ann_min_rows`, and a new one when the table has outgrown it (4 times the rows); otherwise
+        runs `optimize()` when new rows or small fragments have piled up. Builds run beside
+        reads and writes. Passes on one table never overlap: a pass asked for while one runs
+        returns at once. A failure is kept for `index_status` and raised as StoreError.
+        """
+        t = self._table(table)
+        if t.maintaining.locked():
+            return []
+        async with t.maintaining:
+            try:
+                with self._errors("maintain", table):
+                    done = await self._maintain(t)
+            except StoreError as exc:
+                t.error = str(exc)
+                raise
+            t.error = None
+            return done
+
+    async def _maintain(self, t: _Table) -> list[str]:
+        done: list[str] = []
+        rows = int(await t.handle.count_rows())
+        if not rows:
+            return done
+        existing = {index.name for index in await t.handle.list_indices()}
+        for column, kind in _SCALAR_INDEXES.items():
+            if f"{column}_idx" not in existing:
+                await t.handle.create_index(column, config=kind())
+                done.append(f"built the {kind.__name__} index on {column}")
+        wanted = _partitions(rows)
+        old = t.partitions
+        if rows >= self.policy.ann_min_rows and (old is None or wanted >= 2 * old):
+            started = time.monotonic()
+            t.building = True
+            try:
+                config = IvfRq(distance_type="cosine", num_bits=4, num_partitions=wanted)
+                await t.handle.create_index(
+                    "embedding", config=config, name=f"{_VECTOR_INDEX}{wanted}"
+                )
+            finally:
+                t.building = False
+            t.partitions = wanted  # searches use the new index from here on
+            if old is not None:
+                await t.handle.drop_index(f"{_VECTOR_INDEX}{old}")
+            done.append(
+                f"built IVF_RQ with {wanted} partitions over {rows} rows "
+                f"in {time.monotonic() - started:.1f} s"
+            )
+        elif await self._optimize_due(t):
+            started = time.monotonic()
+            stats = await self._optimize(t)
+            done.append(
+                f"optimized in {time.monotonic() - started:.1f} s: "
+                f"{stats.compaction.fragments_removed} fragments compacted into "
+                f"{stats.compaction.fragments_added}, "
+                f"{stats.prune.old_versions_removed} old versions removed"
+            )
+        return done
+
+    async def _optimize_due(self, t: _Table) -> bool:
+        # Annotated as a dataclass, returned as a dict by lancedb 0.40: read it either way.
+        stats: Any = await t.handle.stats()
+        fragments = stats["fragment_stats"] if isinstance(stats, dict) else stats.fragment_stats
+        small = (
+            fragments["num_small_fragments"]
+            if isinstance(fragments, dict)
+            else (fragments.num_small_fragments)
+        )
+        if small > self.policy.max_small_fragments:
+            return True
+        name = f"{_VECTOR_INDEX}{t.partitions}" if t.partitions is not None else "id_idx"
+        index = await t.handle.index_stats(name)
+        if index is None:
+            return False
+        return index.num_unindexed_rows > self.policy.optimize_growth * max(
+            1, index.num_indexed_rows
+        )
+
+    async def _optimize(self, t: _Table) -> Any:
+        cleanup = timedelta(seconds=self.policy.retention_seconds)
+        try:
+            return await t.handle.optimize(cleanup_older_than=cleanup)
+        except RuntimeError as exc:
+            # Compaction rewrites fragments, so a concurrent upsert of rows in them wins and
+            # the compaction is refused. Under steady writes that could repeat forever: the
+            # second try holds the write lock, so writes wait for it (reads go on).
+            if "conflict" not in str(exc).lower():
+                raise
+        async with self._write_lock:
+            self._conn()
+            return await t.handle.optimize(cleanup_older_than=cleanup)
+
+    async def index_status(self, table: str) -> IndexStatus:
+        """How `table` is searched now: exactly, or by IVF_RQ with how many rows not yet in it."""
+        t = self._table(table)
+        with self._errors("index_status", table):
+            rows = int(await t.handle.count_rows())
+            unindexed = rows
+            if t.partitions is not None:
+                index = await t.handle.index_stats(f"{_VECTOR_INDEX}{t.partitions}")
+                unindexed = index.num_unindexed_rows if index is not None else rows
+        kind = "exact" if t.partitions is None else "IVF_RQ"
+        state = "building" if t.building else "exact" if t.partitions is None else "indexed"
+        return IndexStatus(kind, state, rows, unindexed, t.error)
 
     def tables(self) -> dict[str, int]:
         """The tables and their dimensions."""

@@ -38,6 +38,7 @@ from store import filter as filters
 from store import sqlitedb
 from store.base import (
     DimensionMismatch,
+    IndexStatus,
     InvalidQuery,
     Record,
     ScoredRecord,
@@ -577,6 +578,11 @@ class SQLiteStore:
         """The tables and their dimensions."""
         self._conns()
         return {name: table.dim for name, table in sorted(self._tables.items())}
+
+    async def index_status(self, table: str) -> IndexStatus:
+        """Always exact: every search compares against the whole in-memory matrix."""
+        rows = await self.count(table)
+        return IndexStatus(kind="exact", state="exact", rows=rows, unindexed_rows=rows)
 
     async def preload(self, table: str) -> None:
         """Load the table's search matrix now rather than on the first search."""

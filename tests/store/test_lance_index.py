@@ -1,0 +1,246 @@
+"""LanceStore's index lifecycle: exact below the threshold, IVF_RQ from there on, rows found
+before they are indexed, builds beside reads and writes, rebuilds, optimize and cleanup, and
+recovery from a damaged manifest."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import anyio
+import lancedb
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from store.base import IndexStatus, Record, StoreError
+from store.lance import IndexPolicy, LanceStore
+from tests.store.conftest import record
+
+pytestmark = pytest.mark.anyio
+
+SMALL = IndexPolicy(ann_min_rows=1_000)
+
+
+def clustered(n: int, dim: int, *, seed: int = 0, clusters: int = 40) -> npt.NDArray[np.float32]:
+    """Unit vectors around `clusters` random centres: shaped like real embeddings, where
+    an IVF index has structure to find (uniform noise has none)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    x = centres[rng.integers(0, clusters, n)] + 0.3 * rng.standard_normal((n, dim))
+    unit: npt.NDArray[np.float32] = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(
+        np.float32
+    )
+    return unit
+
+
+def records_of(vectors: npt.NDArray[np.float32], *, start: int = 0) -> list[Record]:
+    return [
+        record(
+            f"r{start + i:06d}",
+            v,
+            source_type="feed" if (start + i) % 100 == 0 else "page",
+            source_id=f"s{(start + i) % 10}",
+        )
+        for i, v in enumerate(vectors)
+    ]
+
+
+def exact_top(
+    vectors: npt.NDArray[np.float32], query: npt.NDArray[np.float32], k: int
+) -> list[str]:
+    scores = vectors.astype(np.float64) @ query.astype(np.float64)
+    return [f"r{i:06d}" for i in np.argsort(-scores, kind="stable")[:k]]
+
+
+async def test_a_small_table_stays_exact_and_gets_its_scalar_indexes(tmp_path: Path) -> None:
+    async with LanceStore(tmp_path, SMALL) as store:
+        await store.create_table("t", dim=8)
+        assert await store.maintain("t") == []  # an empty table: nothing to index
+        await store.insert("t", records_of(clustered(500, 8)))
+        done = await store.maintain("t")
+        assert sorted(done) == sorted(
+            [
+                "built the BTree index on id",
+                "built the BTree index on source_id",
+                "built the BTree index on created_at",
+                "built the Bitmap index on source_type",
+                "built the LabelList index on tag_list",
+            ]
+        )
+        assert await store.index_status("t") == IndexStatus("exact", "exact", 500, 500)
+        assert await store.maintain("t") == []  # nothing more is due
+
+
+async def test_the_ann_index_is_built_at_the_threshold_and_answers_like_exact(
+    tmp_path: Path,
+) -> None:
+    vectors = clustered(3_000, 32)
+    async with LanceStore(tmp_path, SMALL) as store:
+        await store.create_table("t", dim=32)
+        await store.insert("t", records_of(vectors))
+        done = await store.maintain("t")
+        assert done[-1].startswith("built IVF_RQ with 14 partitions over 3000 rows")
+        assert await store.index_status("t") == IndexStatus("IVF_RQ", "indexed", 3_000, 0)
+        recalls = []
+        for q in clustered(20, 32, seed=1):
+            hits = await store.search("t", q, 10)
+            expected = exact_top(vectors, q, 10)
+            recalls.append(len({h.id for h in hits} & set(expected)) / 10)
+            for hit in hits:  # the scores are exact cosines, as SQLiteStore gives
+                exact = float(vectors[int(hit.id[1:])].astype(np.float64) @ q.astype(np.float64))
+                assert hit.score == pytest.approx(exact / np.linalg.norm(q), abs=1e-6)
+        assert np.mean(recalls) >= 0.8  # a sanity bound: bench/lance.py measures recall at 768-d
+    async with LanceStore(tmp_path, SMALL) as store:  # the index's name records its partitions
+        assert (await store.index_status("t")).kind == "IVF_RQ"
+
+
+async def test_rows_not_yet_indexed_are_found_and_then_folded_in(tmp_path: Path) -> None:
+    vectors = clustered(3_400, 32)
+    async with LanceStore(tmp_path, SMALL) as store:
+        await store.create_table("t", dim=32)
+        await store.insert("t", records_of(vectors[:3_000]))
+        await store.maintain("t")
+        await store.insert("t", records_of(vectors[3_000:], start=3_000))
+        assert await store.index_status("t") == IndexStatus("IVF_RQ", "indexed", 3_400, 400)
+        for i in (3_000, 3_399):
+            assert (await store.search("t", vectors[i], 1))[0].id == f"r{i:06d}"
+        (done,) = await store.maintain("t")  # 400 new rows are over 10% of 3,000
+        assert done.startswith("optimized")
+        assert await store.index_status("t") == IndexStatus("IVF_RQ", "indexed", 3_400, 0)
+        for i in (3_000, 3_399):
+            assert (await store.search("t", vectors[i], 1))[0].id == f"r{i:06d}"
+
+
+async def test_reads_and_writes_go_on_while_the_index_builds(tmp_path: Path) -> None:
+    vectors = clustered(40_000, 96)
+    written: list[str] = []
+    async with LanceStore(tmp_path, IndexPolicy(ann_min_rows=30_000)) as store:
+        await store.create_table("t", dim=96)
+        for start in range(0, len(vectors), 10_000):
+            await store.insert("t", records_of(vectors[start : start + 10_000], start=start))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(store.maintain, "t")
+            while (await store.index_status("t")).state != "building":
+                await anyio.sleep(0.001)
+            i = 0
+            while (await store.index_status("t")).state == "building":
+                new = records_of(clustered(10, 96, seed=100 + i), start=100_000 + 10 * i)
+                await store.insert("t", new)
+                hits = await store.search("t", new[0].embedding, 1)
+                assert hits[0].id == new[0].id  # written during the build, found at once
+                written.append(new[0].id)
+                i += 1
+        assert written, "the build ended before any write could run beside it"
+        status = await store.index_status("t")
+        assert (status.kind, status.state) == ("IVF_RQ", "indexed")
+        assert status.rows == 40_000 + 10 * len(written)
+        assert status.unindexed_rows > 0  # what was written during the build
+        assert [r.id for r in await store.get_by_ids("t", written)] == written
+
+
+async def test_an_outgrown_index_is_replaced_by_a_new_one(tmp_path: Path) -> None:
+    vectors = clustered(4_200, 16)
+    async with LanceStore(tmp_path, SMALL) as store:
+        await store.create_table("t", dim=16)
+        await store.insert("t", records_of(vectors[:1_000]))
+        assert (await store.maintain("t"))[-1].startswith("built IVF_RQ with 8 partitions")
+        await store.insert("t", records_of(vectors[1_000:], start=1_000))
+        # 4,200 rows want 16 partitions: twice what the index has, so it is rebuilt, not folded
+        (done,) = await store.maintain("t")
+        assert done.startswith("built IVF_RQ with 16 partitions over 4200 rows")
+        table = await (await lancedb.connect_async(tmp_path)).open_table("t")
+        names = [index.name for index in await table.list_indices()]
+        assert [n for n in names if n.startswith("embedding")] == ["embedding_ivf_rq_p16"]
+        assert await store.index_status("t") == IndexStatus("IVF_RQ", "indexed", 4_200, 0)
+        assert (await store.search("t", vectors[4_100], 1))[0].id == "r004100"
+
+
+async def test_optimize_compacts_small_fragments_and_removes_old_versions(tmp_path: Path) -> None:
+    policy = IndexPolicy(ann_min_rows=1_000, max_small_fragments=4, retention_seconds=0.001)
+    async with LanceStore(tmp_path, policy) as store:
+        await store.create_table("t", dim=4)
+        for i in range(10):  # ten upserts: ten fragments, ten versions
+            await store.insert("t", [record(f"r{i}", [1, i, 0, 0])])
+        await anyio.sleep(0.01)  # every version but the latest is now past retention
+        done = (await store.maintain("t"))[-1]  # after the scalar indexes
+        assert done.startswith("optimized")
+        assert "10 fragments compacted into 1" in done
+        assert int(done.split(", ")[1].split()[0]) >= 10  # old versions removed
+        raw = await (await lancedb.connect_async(tmp_path)).open_table("t")
+        assert len(await raw.list_versions()) <= 2  # type: ignore[no-untyped-call]  # the latest, and the compaction's own
+        assert await store.count("t") == 10
+        assert (await store.search("t", [1, 9, 0, 0], 1))[0].id == "r9"
+
+
+async def test_selective_filters_are_answered_exactly_and_others_through_the_index(
+    tmp_path: Path,
+) -> None:
+    vectors = clustered(3_000, 32)
+    feeds = [i for i in range(3_000) if i % 100 == 0]
+    query = clustered(1, 32, seed=9)[0]
+    expected = [f"r{i:06d}" for i in sorted(feeds, key=lambda i: -float(vectors[i] @ query))]
+    for policy in (SMALL, IndexPolicy(ann_min_rows=1_000, exact_filter_rows=0)):
+        async with LanceStore(tmp_path / str(policy.exact_filter_rows), policy) as store:
+            await store.create_table("t", dim=32)
+            await store.insert("t", records_of(vectors))
+            await store.maintain("t")
+            hits = await store.search("t", query, 5, filter="source_type = 'feed'")
+            if policy.exact_filter_rows:
+                assert [h.id for h in hits] == expected[:5]  # 30 rows match: compared exactly
+            else:
+                assert len(hits) == 5
+                assert {h.id for h in hits} <= set(expected)
+
+
+def damage_newest_manifest(table_dir: Path, content: bytes) -> Path:
+    newest = min((table_dir / "_versions").glob("*.manifest"))  # V2 names: newest sorts first
+    newest.write_bytes(content)
+    return newest
+
+
+@pytest.mark.parametrize("cut", ["empty", "truncated"])
+async def test_a_damaged_newest_manifest_opens_the_version_before(
+    tmp_path: Path, cut: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with LanceStore(tmp_path) as store:
+        await store.create_table("t", dim=2)
+        await store.insert("t", [record("a", [1, 0])])
+        await store.insert("t", [record("b", [0, 1])])
+    newest = min((tmp_path / "t.lance" / "_versions").glob("*.manifest"))
+    whole = newest.read_bytes()
+    damage_newest_manifest(tmp_path / "t.lance", b"" if cut == "empty" else whole[:-10])
+    with caplog.at_level(logging.WARNING, logger="store.lance"):
+        async with LanceStore(tmp_path) as store:
+            assert [r.id for r in await store.get_by_ids("t", ["a", "b"])] == ["a"]
+            await store.insert("t", [record("c", [1, 1])])  # and it takes writes again
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "table 't': its newest manifest was damaged (version 3" in warning
+    assert "opened version 2, the last complete one" in warning
+    assert [p.name.split(".")[0] for p in (tmp_path / "t.lance" / "_damaged").iterdir()] == [
+        newest.name.split(".")[0]
+    ]
+    async with LanceStore(tmp_path) as store:
+        assert await store.count("t") == 2
+
+
+async def test_a_table_that_cannot_be_opened_fails_alone_with_a_precise_message(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with LanceStore(tmp_path) as store:
+        await store.create_table("bad", dim=2)
+        await store.create_table("good", dim=2)
+        await store.insert("bad", [record("a", [1, 0])])
+        await store.insert("good", [record("a", [1, 0])])
+    # Complete in form (it ends with Lance's magic) but not a manifest: not ours to set aside.
+    damage_newest_manifest(tmp_path / "bad.lance", b"not a manifest LANC")
+    with caplog.at_level(logging.ERROR, logger="store.lance"):
+        async with LanceStore(tmp_path) as store:
+            assert store.tables() == {"good": 2}
+            assert await store.count("good") == 1
+            with pytest.raises(StoreError, match=r"table 'bad' cannot be opened: RuntimeError"):
+                await store.search("bad", [1, 0], 1)
+            with pytest.raises(StoreError, match="table 'bad' cannot be opened"):
+                await store.create_table("BAD", dim=2)
+    assert any("table 'bad' cannot be opened" in r.getMessage() for r in caplog.records)
+    assert not (tmp_path / "bad.lance" / "_damaged").exists()
