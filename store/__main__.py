@@ -7,6 +7,9 @@ line, ``READY port=PORT``, to stdout once connections are accepted. The bearer s
 from the environment variable ``SATCHEL_SIDECAR_SECRET`` (never from argv, which any local
 user can read in the process list); without it the sidecar refuses to start.
 
+A LanceDB store is maintained in the background: every ``--maintain-every`` seconds each
+table gets a `LanceStore.maintain` pass (indexes, optimize, cleanup), logged to stderr.
+
 SIGTERM or SIGINT stops accepting connections, lets requests in flight finish (for at most
 ``--grace`` seconds), closes the store and exits 0. This process owns its signals: uvicorn's
 own handlers are switched off, because after shutdown they re-raise the signal, which would
@@ -24,7 +27,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 
 import anyio
@@ -79,14 +82,32 @@ def _bind(address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> 
     return sock
 
 
-def _open_store(backend: str, path: Path) -> ServedStore:
-    if backend == "lance":
-        from store.lance import LanceStore  # noqa: PLC0415 - ~3.6 s: only when asked for
+def _open_store(args: argparse.Namespace) -> ServedStore:
+    path = Path(args.path)
+    if args.backend == "lance":
+        from store.lance import IndexPolicy, LanceStore  # noqa: PLC0415 - ~3.6 s: only if asked
 
-        return LanceStore(path)
+        return LanceStore(path, IndexPolicy(ann_min_rows=args.ann_min_rows))
     from store.sqlite import SQLiteStore  # noqa: PLC0415
 
     return SQLiteStore(path)
+
+
+async def _maintain(store: ServedStore, every: float) -> None:
+    """Maintain each table in turn, forever; failures are logged and tried again next time."""
+    maintain = getattr(store, "maintain", None)
+    if maintain is None or every <= 0:
+        return  # SQLite's matrix needs no upkeep
+    while True:
+        await anyio.sleep(every)
+        for table in store.tables():
+            try:
+                for line in await maintain(table):
+                    _log.info("table %s: %s", table, line)
+            except StoreError as exc:
+                _log.error(
+                    "table %s: maintenance failed (tried again in %g s): %s", table, every, exc
+                )
 
 
 class _Stop:
@@ -108,7 +129,9 @@ async def _serve(args: argparse.Namespace, secret: str, sock: socket.socket, sto
     host, port = sock.getsockname()[:2]
     bracketed = f"[{host}]" if sock.family == socket.AF_INET6 else host
     allowed = {f"{bracketed}:{port}"} | ({f"localhost:{port}"} if host == "127.0.0.1" else set())
-    async with _open_store(args.backend, Path(args.path)) as store:
+    async with _open_store(args) as store, anyio.create_task_group() as tg:
+        # An index build cut short by the stop leaves no commit behind: it runs again later.
+        tg.start_soon(_maintain, store, args.maintain_every)
         app = create_app(store, secret=secret, allowed_hosts=allowed)
         config = uvicorn.Config(
             app,
@@ -120,8 +143,22 @@ async def _serve(args: argparse.Namespace, secret: str, sock: socket.socket, sto
         stop.server = _Server(config)
         if not stop.requested:
             await stop.server.serve(sockets=[sock])
+        tg.cancel_scope.cancel()
         _log.info("closing the store")
     return 0
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected at least {low}, got {value}")
+        return value
+
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -133,6 +170,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="a loopback address")
     serve.add_argument("--port", type=int, default=0, help="0 picks a free port")
     serve.add_argument("--grace", type=int, default=10, help="seconds for requests to finish")
+    serve.add_argument(
+        "--ann-min-rows",
+        type=_at_least(1_000),
+        default=20_000,
+        help="LanceDB: rows from which a table gets an ANN index (below it, exact search)",
+    )
+    serve.add_argument(
+        "--maintain-every",
+        type=float,
+        default=10.0,
+        help="LanceDB: seconds between maintenance passes (0: none)",
+    )
     return parser
 
 

@@ -33,6 +33,7 @@ import hmac
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Final, Protocol, Self, TypeVar
 from urllib.parse import quote
 
@@ -46,6 +47,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from store.base import (
     DimensionMismatch,
+    IndexStatus,
     InvalidFilter,
     InvalidQuery,
     InvalidRecord,
@@ -98,10 +100,15 @@ _T = TypeVar("_T")
 
 
 class ServedStore(VectorStore, Protocol):
-    """What the sidecar serves: a `VectorStore` that also lists its tables."""
+    """What the sidecar serves: a `VectorStore` that also lists its tables and says how each
+    is searched."""
 
     def tables(self) -> dict[str, int]:
         """The tables and their dimensions."""
+        ...
+
+    async def index_status(self, table: str) -> IndexStatus:
+        """How the table is searched: exactly, or by which index, and what it does not cover."""
         ...
 
 
@@ -379,6 +386,9 @@ def create_app(store: ServedStore, *, secret: str, allowed_hosts: set[str]) -> A
     async def count(request: Request) -> Response:
         return JSONResponse({"count": await store.count(request.path_params["table"])})
 
+    async def index_status(request: Request) -> Response:
+        return JSONResponse(asdict(await store.index_status(request.path_params["table"])))
+
     async def export(request: Request) -> Response:
         raw = request.query_params.get("batch_size", "1000")
         if not raw.isdigit():
@@ -434,6 +444,7 @@ def create_app(store: ServedStore, *, secret: str, allowed_hosts: set[str]) -> A
         Route(f"{table}/records/{{id:path}}", guarded(delete), methods=["DELETE"]),
         Route(f"{table}/search", guarded(search), methods=["POST"]),
         Route(f"{table}/count", guarded(count), methods=["GET"]),
+        Route(f"{table}/index", guarded(index_status), methods=["GET"]),
     ]
     return _Guard(Starlette(routes=routes), secret, allowed_hosts)
 
@@ -683,6 +694,20 @@ class HTTPStore:
         """See `VectorStore.count`."""
         answer = await self._call("count", "GET", self._path(table, "/count"))
         return int(answer["count"])
+
+    async def index_status(self, table: str) -> IndexStatus:
+        """See `ServedStore.index_status`."""
+        answer = await self._call("index_status", "GET", self._path(table, "/index"))
+        try:
+            return IndexStatus(
+                kind=str(answer["kind"]),
+                state=str(answer["state"]),
+                rows=int(answer["rows"]),
+                unindexed_rows=int(answer["unindexed_rows"]),
+                error=None if answer.get("error") is None else str(answer["error"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"sidecar at {self.base_url}: malformed index status") from exc
 
     async def export_all(
         self, table: str, *, batch_size: int = 1000

@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from store.base import Record, VectorStore
@@ -114,4 +115,28 @@ def random_records(n: int, dim: int, *, seed: int = 0, prefix: str = "r") -> lis
             tags=[f"t{i % 5}", *(["rust"] if i % 4 == 0 else [])],
         )
         for i in range(n)
+    ]
+
+
+def clustered(n: int, dim: int, *, seed: int = 0, clusters: int = 40) -> npt.NDArray[np.float32]:
+    """Unit vectors around `clusters` random centres: shaped like real embeddings, where
+    an IVF index has structure to find (uniform noise has none)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    x = centres[rng.integers(0, clusters, n)] + 0.3 * rng.standard_normal((n, dim))
+    unit: npt.NDArray[np.float32] = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(
+        np.float32
+    )
+    return unit
+
+
+def records_of(vectors: npt.NDArray[np.float32], *, start: int = 0) -> list[Record]:
+    return [
+        record(
+            f"r{start + i:06d}",
+            v,
+            source_type="feed" if (start + i) % 100 == 0 else "page",
+            source_id=f"s{(start + i) % 10}",
+        )
+        for i, v in enumerate(vectors)
     ]

@@ -23,6 +23,7 @@ import pytest
 
 from store.base import (
     DimensionMismatch,
+    IndexStatus,
     InvalidFilter,
     InvalidQuery,
     InvalidRecord,
@@ -35,7 +36,7 @@ from store.base import (
 )
 from store.http import HTTPStore, error_body, error_from_body
 from store.sqlite import SQLiteStore
-from tests.store.conftest import random_records, record
+from tests.store.conftest import clustered, random_records, record, records_of
 from tests.store.sidecar import ROOT, Sidecar, running_sidecar
 
 pytestmark = pytest.mark.anyio
@@ -376,3 +377,37 @@ async def test_tables_are_listed_and_cached(sidecar: Sidecar) -> None:
         assert await first.refresh_tables() == {"a": 2, "b": 3, "c": 4}
         await first.insert("a", [record("x", [1, 0])])
         assert await first.delete_where("a", "id = 'x'") == 1
+
+
+async def test_a_lance_sidecar_maintains_its_tables_and_reports_their_index(
+    tmp_path: Path,
+) -> None:
+    vectors = clustered(1_500, 16)
+    args = ("--ann-min-rows", "1000", "--maintain-every", "0.2")
+    async with running_sidecar("lance", tmp_path / "lance", args=args) as sidecar:
+        async with HTTPStore(sidecar.url, secret=sidecar.secret) as store:
+            await store.create_table("t", dim=16)
+            assert await store.index_status("t") == IndexStatus("exact", "exact", 0, 0)
+            await store.insert("t", records_of(vectors))
+            with anyio.fail_after(60):  # the build itself takes well under a second
+                while (status := await store.index_status("t")).kind != "IVF_RQ":
+                    await anyio.sleep(0.1)
+            assert status == IndexStatus("IVF_RQ", "indexed", 1_500, 0)
+            assert (await store.search("t", vectors[7], 1))[0].id == "r000007"
+
+
+async def test_a_sqlite_sidecar_reports_exact_search(sidecar: Sidecar) -> None:
+    async with HTTPStore(sidecar.url, secret=sidecar.secret) as store:
+        await store.create_table("t", dim=2)
+        await store.insert("t", [record("a", [1, 0])])
+        assert await store.index_status("t") == IndexStatus("exact", "exact", 1, 1)
+        with pytest.raises(UnknownTable):
+            await store.index_status("nope")
+
+
+@pytest.mark.parametrize("value", ["999", "many"])
+def test_ann_min_rows_is_checked(tmp_path: Path, value: str) -> None:
+    done = _run_sidecar(tmp_path, "--ann-min-rows", value, secret="s" * 32)
+    assert done.returncode == 2
+    assert "--ann-min-rows" in done.stderr
+    assert ("expected at least 1000" if value == "999" else "expected an integer") in done.stderr
