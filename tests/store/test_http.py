@@ -7,6 +7,7 @@ cover what only the HTTP layer has. Every sidecar here is a real child process.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 import socket
@@ -411,3 +412,27 @@ def test_ann_min_rows_is_checked(tmp_path: Path, value: str) -> None:
     assert done.returncode == 2
     assert "--ann-min-rows" in done.stderr
     assert ("expected at least 1000" if value == "999" else "expected an integer") in done.stderr
+
+
+async def test_accepted_connections_have_nagle_off() -> None:
+    # Without TCP_NODELAY every response's body waited for the client's delayed ACK (~40 ms).
+    import asyncio  # noqa: PLC0415 - the server below is plain asyncio, as uvicorn's is
+
+    from store.__main__ import _bind  # noqa: PLC0415
+
+    nodelay: list[int] = []
+
+    def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        nodelay.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        writer.close()
+
+    listener = _bind(ipaddress.ip_address("127.0.0.1"), 0)
+    server = await asyncio.start_server(accepted, sock=listener)
+    async with server:
+        port = listener.getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        while not nodelay:
+            await anyio.sleep(0.01)
+        writer.close()
+    assert nodelay == [1]
