@@ -176,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--ann-min-rows",
         type=_at_least(1_000),
-        default=20_000,
+        default=10_000,
         help="LanceDB: rows from which a table gets an ANN index (below it, exact search)",
     )
     serve.add_argument(

@@ -83,6 +83,11 @@ MAX_BODY: Final = 512 * 1024 * 1024
 """Largest request body the sidecar reads."""
 _OFFLOAD_BYTES: Final = 256 * 1024  # bodies this big are (de)coded in a worker thread
 _NDJSON: Final = "application/x-ndjson"
+RECORDS_BINARY: Final = "application/x-satchel-records"
+"""Bulk inserts' content type: a 4-byte big-endian length, that many bytes of JSON
+(``{"dim": D, "records": [...]}``, the records without their embeddings), then the embeddings
+as one row-major little-endian float32 matrix. It spares a 1,000 x 768 batch ~80 ms of base64
+and JSON work at each end (bench/lance.py); JSON bodies stay accepted."""
 
 # One code and status per error class; a subclass missing here is reported as its nearest base.
 _CODES: Final[dict[type[StoreError], tuple[str, int]]] = {
@@ -171,6 +176,56 @@ def record_from_json(value: object) -> Record:
     }
     embedding = decode_vector(value["embedding"], lambda m: InvalidRecord(f"embedding: {m}"))
     return Record(**fields, embedding=embedding, created_at=value["created_at"], tags=tags)  # type: ignore[arg-type]
+
+
+def records_to_binary(records: Sequence[Record]) -> bytes:
+    """`records` in the `RECORDS_BINARY` framing; they must share one dimension."""
+    header = {
+        "dim": records[0].dim,
+        "records": [
+            {
+                "id": r.id,
+                "source_id": r.source_id,
+                "source_type": r.source_type,
+                "text_chunk": r.text_chunk,
+                "created_at": r.created_at,
+                "tags": list(r.tags),
+            }
+            for r in records
+        ],
+    }
+    head = _dumps(header)
+    matrix = np.stack([r.embedding for r in records]).astype("<f4", copy=False)
+    return b"".join([len(head).to_bytes(4, "big"), head, matrix.tobytes()])
+
+
+def records_from_binary(body: bytes) -> list[Record]:
+    """Records from the `RECORDS_BINARY` framing; InvalidRecord names what is wrong."""
+    if len(body) < 4:
+        raise InvalidRecord("binary records: body shorter than its 4-byte header length")
+    size = int.from_bytes(body[:4], "big")
+    try:
+        header = json.loads(body[4 : 4 + size])
+    except (ValueError, RecursionError) as exc:
+        raise InvalidRecord(f"binary records: header is not JSON ({exc})") from None
+    if not isinstance(header, dict) or not isinstance(header.get("records"), list):
+        raise InvalidRecord("binary records: header must be an object with a 'records' list")
+    items, dim = header["records"], header.get("dim")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise InvalidRecord(f"binary records: dim: expected a positive integer, got {dim!r}")
+    vectors = body[4 + size :]
+    if len(vectors) != len(items) * dim * 4:
+        raise InvalidRecord(
+            f"binary records: {len(items)} records of dim {dim} need {len(items) * dim * 4} "
+            f"bytes of float32, got {len(vectors)}"
+        )
+    matrix = np.frombuffer(vectors, dtype="<f4").reshape(len(items), dim)
+    records = []
+    for item, vector in zip(items, matrix, strict=True):
+        if not isinstance(item, dict):
+            raise InvalidRecord(f"record: expected a JSON object, got {type(item).__name__}")
+        records.append(record_from_json({**item, "embedding": vector}))
+    return records
 
 
 def scored_from_json(value: dict[str, Any]) -> ScoredRecord:
@@ -289,6 +344,14 @@ class _Guard:
 
 
 async def _body(request: Request) -> Any:
+    raw = await _raw_body(request)
+    try:
+        return await _offload(len(raw), lambda: json.loads(raw))
+    except (ValueError, RecursionError) as exc:
+        raise _BadRequestError(f"body: expected JSON ({exc})") from None
+
+
+async def _raw_body(request: Request) -> bytes:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY:
         raise _BadRequestError(f"body of {declared} bytes exceeds the limit of {MAX_BODY}")
@@ -298,11 +361,7 @@ async def _body(request: Request) -> Any:
         if size > MAX_BODY:
             raise _BadRequestError(f"body exceeds the limit of {MAX_BODY} bytes")
         chunks.append(chunk)
-    raw = b"".join(chunks)
-    try:
-        return await _offload(size, lambda: json.loads(raw))
-    except (ValueError, RecursionError) as exc:
-        raise _BadRequestError(f"body: expected JSON ({exc})") from None
+    return b"".join(chunks)
 
 
 def _field(body: Any, name: str, kind: type | tuple[type, ...], *aliases: str) -> Any:
@@ -346,10 +405,14 @@ def create_app(store: ServedStore, *, secret: str, allowed_hosts: set[str]) -> A
         return JSONResponse({"name": name, "dim": dim}, status_code=201)
 
     async def insert(request: Request) -> Response:
-        body = await _body(request)
-        items = body if isinstance(body, list) else _field(body, "records", list)
         size = int(request.headers.get("content-length", "0") or 0)
-        records = await _offload(size, lambda: [record_from_json(i) for i in items])
+        if request.headers.get("content-type", "").startswith(RECORDS_BINARY):
+            raw = await _raw_body(request)
+            records = await _offload(size, lambda: records_from_binary(raw))
+        else:
+            body = await _body(request)
+            items = body if isinstance(body, list) else _field(body, "records", list)
+            records = await _offload(size, lambda: [record_from_json(i) for i in items])
         await store.insert(request.path_params["table"], records)
         return JSONResponse({"upserted": len(records)})
 
@@ -553,15 +616,16 @@ class HTTPStore:
         *,
         body: object = None,
         size: int = 0,
+        content: tuple[bytes, str] | None = None,
         idempotent: bool = True,
     ) -> Any:
-        """One request with retries; the decoded JSON answer, or the error it stands for."""
+        """One request with retries; the decoded JSON answer, or the error it stands for.
+        The request carries `body` as JSON, or `content` as (bytes, content type)."""
         import httpx  # noqa: PLC0415 - see the import at the top
 
         client = self._http()
-        content = None
         if body is not None:
-            content = await _offload(size, lambda: _dumps(body))
+            content = (await _offload(size, lambda: _dumps(body)), "application/json")
         attempts = 1 + (self._retries if idempotent else 0)
         for attempt in range(attempts):
             last = attempt + 1 == attempts
@@ -569,8 +633,8 @@ class HTTPStore:
                 response = await client.request(
                     method,
                     path,
-                    content=content,
-                    headers={"Content-Type": "application/json"} if content else None,
+                    content=content[0] if content else None,
+                    headers={"Content-Type": content[1]} if content else None,
                 )
             except _retryable() as exc:
                 if last or self._closed:
@@ -638,12 +702,13 @@ class HTTPStore:
             await self.count(table)  # still raises UnknownTable, like the other stores
             return
 
-        def encode() -> list[dict[str, Any]]:
-            return [record_to_json(r, as_base64=True) for r in records]
-
-        payload = await _offload(_size(records), encode)
-        body = {"records": payload}
-        await self._call("insert", "POST", path, body=body, size=_size(records))
+        dims = {r.dim for r in records}
+        if len(dims) > 1:  # the framing holds one matrix; let the sidecar name the mismatch
+            payload = [record_to_json(r, as_base64=True) for r in records]
+            await self._call("insert", "POST", path, body={"records": payload}, size=_size(records))
+            return
+        content = await _offload(_size(records), lambda: records_to_binary(records))
+        await self._call("insert", "POST", path, content=(content, RECORDS_BINARY))
 
     async def search(
         self, table: str, vector: VectorLike, top_k: int, filter: str | None = None

@@ -192,7 +192,7 @@ class IndexPolicy:
     The figures behind the defaults are in the README ("Index lifecycle").
     """
 
-    ann_min_rows: int = 20_000  # below this, exact search is fast enough and needs no build
+    ann_min_rows: int = 10_000  # below this, exact search is fast enough and needs no build
     optimize_growth: float = 0.10  # fold new rows in once they are this fraction of the indexed
     max_small_fragments: int = 32  # compact once this many small fragments have piled up
     retention_seconds: float = 3600.0  # versions older than this are deleted by optimize
