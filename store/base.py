@@ -399,7 +399,7 @@ class IndexStatus:
     """How a table is searched, for ``status``: the same shape from every backend."""
 
     kind: str  # "exact" (every row compared) or the ANN index's type, such as "IVF_RQ"
-    state: str  # "exact", "building" (an index, while searches go on), or "indexed"
+    state: str  # "exact" or "indexed"; or "building", "optimizing" while maintenance runs
     rows: int
     unindexed_rows: int  # rows a search still compares exactly (all of them when kind is exact)
     error: str | None = None  # why the last maintenance failed, if it did

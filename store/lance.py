@@ -227,7 +227,7 @@ class _Table:
     handle: lancedb.AsyncTable
     schema: pa.Schema
     partitions: int | None = None  # of the IVF_RQ index, when there is one
-    building: bool = False
+    activity: str | None = None  # what maintenance is doing now: "building", "optimizing"
     error: str | None = None  # why the last maintenance failed
     maintaining: anyio.Lock = field(default_factory=anyio.Lock)
 
@@ -601,14 +601,14 @@ class LanceStore:
         old = t.partitions
         if rows >= self.policy.ann_min_rows and (old is None or wanted >= 2 * old):
             started = time.monotonic()
-            t.building = True
+            t.activity = "building"
             try:
                 config = IvfRq(distance_type="cosine", num_bits=4, num_partitions=wanted)
                 await t.handle.create_index(
                     "embedding", config=config, name=f"{_VECTOR_INDEX}{wanted}"
                 )
             finally:
-                t.building = False
+                t.activity = None
             t.partitions = wanted  # searches use the new index from here on
             if old is not None:
                 await t.handle.drop_index(f"{_VECTOR_INDEX}{old}")
@@ -618,7 +618,11 @@ class LanceStore:
             )
         elif await self._optimize_due(t):
             started = time.monotonic()
-            stats = await self._optimize(t)
+            t.activity = "optimizing"
+            try:
+                stats = await self._optimize(t)
+            finally:
+                t.activity = None
             done.append(
                 f"optimized in {time.monotonic() - started:.1f} s: "
                 f"{stats.compaction.fragments_removed} fragments compacted into "
@@ -670,7 +674,7 @@ class LanceStore:
                 index = await t.handle.index_stats(f"{_VECTOR_INDEX}{t.partitions}")
                 unindexed = index.num_unindexed_rows if index is not None else rows
         kind = "exact" if t.partitions is None else "IVF_RQ"
-        state = "building" if t.building else "exact" if t.partitions is None else "indexed"
+        state = t.activity or ("exact" if t.partitions is None else "indexed")
         return IndexStatus(kind, state, rows, unindexed, t.error)
 
     def tables(self) -> dict[str, int]:
