@@ -180,6 +180,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     import anyio  # noqa: PLC0415
 
     from daemon.main import AlreadyRunning, run, setup_logging  # noqa: PLC0415
+    from daemon.stores import StoreUnavailable  # noqa: PLC0415
 
     setup_logging(config)
     try:
@@ -187,6 +188,15 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     except AlreadyRunning as exc:
         print(f"satchel: {exc}", file=sys.stderr)
         return 0 if exc.healthy else 1
+    except BaseExceptionGroup as group:  # raised inside the daemon's task groups
+        unavailable, rest = group.split(StoreUnavailable)
+        if unavailable is None or rest is not None:
+            raise
+        first: BaseException = unavailable
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        print(f"satchel: {first}", file=sys.stderr)
+        return 1
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:
@@ -208,8 +218,25 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     if detail.get("pull_total"):
         done = detail.get("pull_completed") or 0
         lines.append(f"  pulling {detail.get('model')}: {_bar(done, detail['pull_total'])}")
+    sidecar = status.get("sidecar")
+    if sidecar:
+        runner = "run by the daemon" if sidecar["managed"] else "run by someone else"
+        lines.append(f"LanceDB sidecar: {sidecar['url']} ({runner})")
     for name, table in status["tables"].items():
-        lines.append(f"table {name}: {table['count']:,} records")
+        if table["count"] is None:
+            lines.append(f"table {name}: unavailable: {table['error']}")
+            continue
+        line = f"table {name}: {table['count']:,} records"
+        index = table.get("index")
+        if index:
+            line += f", index {index['kind']}"
+            if index["kind"] != "exact":
+                line += f" ({index['state']}, {index['unindexed_rows']:,} rows not yet in it)"
+            elif index["state"] != "exact":
+                line += f" ({index['state']})"
+        lines.append(line)
+        if index and index.get("error"):
+            lines.append(f"  index maintenance failed: {index['error']}")
     lines.append(
         f"queue: {queue['pending']} pending, {queue['in_flight']} in flight, "
         f"{queue['failed']} failed, {queue['done']} done"

@@ -141,6 +141,7 @@ class RetrievalConfig:
     migrate_at_p95_ms: float = field(default=200.0, metadata=_POSITIVE)
     latency_window: int = field(default=200, metadata=_rule(ge=1))
     migration_batch: int = field(default=1000, metadata=_rule(ge=1, le=100_000))
+    ann_min_rows: int = field(default=10_000, metadata=_rule(ge=1_000))
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,14 +19,15 @@ from typing import Any, Final
 
 from daemon import __version__
 from daemon.config import Config
+from daemon.stores import backend_name
 from ingest.catalog import Catalog
 from ingest.documents import Document
 from ingest.embed import Embedder
 from ingest.queue import JobInfo, Queue
-from store import Record, SQLiteStore
-from store.base import VectorLike
+from store import Record
+from store.base import StoreError, VectorLike
 from store.filter import In, to_text
-from store.http import record_from_json, record_to_json
+from store.http import HTTPStore, ServedStore, record_from_json, record_to_json
 
 __all__ = ["EXPORT_FORMAT", "EmbedderState", "NotFound", "NotReady", "Satchel", "SearchResult"]
 
@@ -104,7 +105,7 @@ class Satchel:
     def __init__(
         self,
         config: Config,
-        store: SQLiteStore,
+        store: ServedStore,
         catalog: Catalog,
         queue: Queue,
         *,
@@ -278,14 +279,24 @@ class Satchel:
 
     async def status(self) -> dict[str, Any]:
         """Everything `satchel status` shows."""
-        tables = {}
+        tables: dict[str, dict[str, Any]] = {}
         for name in self.store.tables():
-            tables[name] = {"count": await self.store.count(name)}
+            try:
+                index = await self.store.index_status(name)
+            except StoreError as exc:  # a sidecar restarting, say: status still answers
+                tables[name] = {"count": None, "index": None, "error": str(exc)}
+                continue
+            tables[name] = {"count": index.rows, "index": asdict(index)}
         queue = await self.queue.stats()
         return {
             "version": __version__,
             "uptime_seconds": round(time.time() - self.started, 1),
-            "backend": "sqlite",
+            "backend": backend_name(self.config),
+            "sidecar": (
+                {"url": self.store.base_url, "managed": not self.config.retrieval.lancedb_url}
+                if isinstance(self.store, HTTPStore)
+                else None
+            ),
             "tables": tables,
             "embedder": self.embedding.report(),
             "children": self._children(),

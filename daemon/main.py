@@ -42,6 +42,7 @@ from daemon.config import Config, usable_socket_path
 from daemon.core import EmbedderState, Satchel
 from daemon.ollama import OllamaError, OllamaManager, OllamaUnavailable
 from daemon.server import UnixServer, bind_socket
+from daemon.stores import open_store
 from daemon.supervisor import Supervisor, SupervisorSettings
 from ingest.catalog import Catalog
 from ingest.embed import Embedder, HashEmbedder, OllamaEmbedder, OpenAIEmbedder, Prefixes
@@ -252,9 +253,6 @@ async def run(config: Config) -> int:
     started = time.monotonic()
     with _instance_lock(config, socket_path):
         _log.info("starting (pid %d, data in %s)", os.getpid(), config.paths.data_dir)
-        if config.retrieval.backend == "lancedb" or config.retrieval.lancedb_url:
-            # The LanceDB sidecar is not built yet: say so rather than pretend.
-            _log.warning("[retrieval] asks for LanceDB, which this version lacks; using SQLite")
         data = config.paths.data_dir
         data.mkdir(parents=True, exist_ok=True, mode=0o700)
         sup = config.supervisor
@@ -279,7 +277,7 @@ async def run(config: Config) -> int:
                 _log.warning("reaped a leftover child: %s", line)
             async with (
                 Catalog(data / "satchel.db") as catalog,
-                SQLiteStore(data / "vectors.db") as store,
+                open_store(config, supervisor) as store,
             ):
                 ingest = config.ingest
                 queue = Queue(
@@ -328,15 +326,15 @@ async def run(config: Config) -> int:
                         finally:
                             ingesting.set()
 
-                    async def preload() -> None:
+                    async def preload(store: SQLiteStore) -> None:
                         try:
                             await store.preload(config.retrieval.table)
                         except Exception:  # the first search will load it, or say why not
                             _log.exception("could not preload %s", config.retrieval.table)
 
                     work.start_soon(ingest_then_signal)
-                    if config.retrieval.table in store.tables():
-                        work.start_soon(preload)
+                    if isinstance(store, SQLiteStore) and config.retrieval.table in store.tables():
+                        work.start_soon(preload, store)
                     limit = config.daemon.startup_timeout_seconds
                     with anyio.fail_after(max(0.0, limit - (time.monotonic() - started))):
                         await server.ready.wait()
