@@ -68,3 +68,21 @@ def test_daemon_benchmark_smoke_run() -> None:
         assert figure in output
     assert "lancedb/pyarrow loaded: no" in output  # the daemon never imports them
     print(output)
+
+
+def test_lance_benchmark_smoke_run() -> None:
+    output = run_bench("bench/lance.py", "--smoke")
+    report = output.split("== summary ==")[1]
+    for figure in (
+        "search p50, top-10",
+        "filtered search (1% match)",
+        "index build",
+        "added latency of the sidecar hop, p50",
+        "insert through the sidecar, batches of 1,000",
+        "sidecar RSS",
+        "peer: SQLiteStore (exact)",
+        "peer: faiss HNSW",
+    ):
+        assert figure in report
+    assert '"failed_during_build": 0' in report  # searches stayed available
+    print(report)
