@@ -3,6 +3,7 @@ error translation, and searches that need several queries answering from one tab
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Iterator
@@ -216,3 +217,26 @@ def test_lance_filters_select_exactly_what_the_reference_selects(
         return {h.id for h in await store.search("t", [1, 0], 100, filter=to_text(tree))}
 
     assert portal.call(select) == {r.id for r in rows if matches(tree, r)}
+
+
+@pytest.mark.anyio
+async def test_new_ids_append_and_known_ids_upsert_across_reopening(tmp_path: Path) -> None:
+    first = random_records(50, 4, seed=1, prefix="a")
+    async with LanceStore(tmp_path) as store:
+        await store.create_table("t", dim=4)
+        await store.insert("t", first)
+        await store.delete("t", "a0")
+    # A reopened store knows the ids already in the table (it rebuilds its IdSet from them),
+    # so rewriting them upserts instead of appending duplicates; a deleted id comes back once.
+    changed = [dataclasses.replace(r, text_chunk=f"changed {r.id}") for r in first[:10]]
+    fresh = random_records(5, 4, seed=2, prefix="b")
+    async with LanceStore(tmp_path) as store:
+        await store.insert("t", changed + fresh)
+        await store.insert("t", changed[:3])
+        assert await store.count("t") == 55
+        got = {r.id: r for r in await store.get_by_ids("t", [r.id for r in changed + fresh])}
+        assert [got[r.id].text_chunk for r in changed] == [f"changed {r.id}" for r in changed]
+        assert all(got[r.id].same_as(r) for r in fresh)
+    raw = await (await open_raw(tmp_path, "t")).query().select(["id"]).to_arrow()
+    ids = raw.column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 55
