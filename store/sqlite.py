@@ -57,7 +57,7 @@ from store.base import (
 )
 from store.matrix import Matrix, MatrixOutOfStep, TopK
 
-__all__ = ["SQLiteStore"]
+__all__ = ["Change", "SQLiteStore"]
 
 _log = logging.getLogger(__name__)
 
@@ -78,7 +78,24 @@ MIGRATIONS: Final[tuple[sqlitedb.Migration, ...]] = (
         );
         """,
     ),
+    (
+        "0002_change_log",
+        """
+        CREATE TABLE satchel_changes (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            tbl TEXT NOT NULL,
+            id TEXT,  -- a record written or deleted, or
+            filter TEXT,  -- a delete_where's filter (logged for a store that cannot list ids)
+            CHECK ((id IS NULL) != (filter IS NULL))
+        );
+        CREATE TABLE satchel_state (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+        """,
+    ),
 )
+_CHANGE_LOG: Final = "change_log"  # the satchel_state key that turns the change log on
 
 
 def _table_ddl(name: str) -> list[str]:
@@ -119,6 +136,16 @@ def _record_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Record:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One change-log entry: a record written or deleted (`id`), or a delete_where (`filter`)."""
+
+    seq: int
+    table: str
+    id: str | None
+    filter: str | None
+
+
 @dataclass(slots=True)
 class _Table:
     name: str
@@ -146,6 +173,7 @@ class SQLiteStore:
         self._write_lock = anyio.Lock()
         self._compute = anyio.CapacityLimiter(2)
         self._closed = False
+        self._logging = False  # whether writes append to the change log
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -173,6 +201,7 @@ class SQLiteStore:
                 async with self._reader.execute("SELECT name, dim FROM satchel_tables") as cur:
                     for name, dim in await cur.fetchall():
                         self._tables[name] = _Table(name, dim, f'"vectors_{name}"')
+                self._logging = await self.read_state(_CHANGE_LOG) is not None
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await self._close_connections()
@@ -366,6 +395,7 @@ class SQLiteStore:
             await self._matrix(t)
         async with self._write("insert", table) as writer:
             replaced, fresh, version = await self._upsert_rows(writer, t, rows)
+            await self._log(writer, t, [row[0] for row in rows])
             await writer.execute("COMMIT")
             matrix = t.matrix
             if matrix is None:  # dropped by a failed publish: reload, the lock is ours
@@ -536,13 +566,15 @@ class SQLiteStore:
             await self._matrix(t)
         async with self._write(operation, table) as writer:
             async with writer.execute(
-                f"DELETE FROM {t.sql} WHERE {where} RETURNING seq", params
+                f"DELETE FROM {t.sql} WHERE {where} RETURNING seq, id", params
             ) as cur:
-                gone = np.sort(np.array([row[0] for row in await cur.fetchall()], np.int64))
+                rows = list(await cur.fetchall())
+            gone = np.sort(np.array([row[0] for row in rows], np.int64))
             if len(gone) == 0:
                 await writer.execute("ROLLBACK")
                 return 0
             version = await self._bump_version(writer, t)
+            await self._log(writer, t, [row[1] for row in rows])
             await writer.execute("COMMIT")
             matrix = t.matrix or await self._matrix(t, locked=True)
             await self._publish(t, lambda: matrix.without(gone, version))
@@ -552,27 +584,33 @@ class SQLiteStore:
         self, table: str, *, batch_size: int = 1000
     ) -> AsyncIterator[list[Record]]:
         """See `VectorStore.export_all`. Keyset pagination by id: each batch is one query."""
-        t = self._table(table)
+        self._table(table)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidQuery(f"batch_size: expected a positive integer, got {batch_size!r}")
         after: str | None = None
         while True:
-            _, reader = self._conns()
-            with self._errors("export_all", table):
-                args: list[object]
-                if after is None:
-                    sql, args = f"SELECT {_COLUMNS} FROM {t.sql} ORDER BY id LIMIT ?", [batch_size]
-                else:
-                    sql = f"SELECT {_COLUMNS} FROM {t.sql} WHERE id > ? ORDER BY id LIMIT ?"
-                    args = [after, batch_size]
-                rows = list(await reader.execute_fetchall(sql, args))
-            if not rows:
+            batch = await self.records_after(table, after, batch_size)
+            if not batch:
                 return
-            batch = [_record_from_row(row) for row in rows]
             after = batch[-1].id
             yield batch
-            if len(rows) < batch_size:
+            if len(batch) < batch_size:
                 return
+
+    async def records_after(self, table: str, after: str | None, limit: int) -> list[Record]:
+        """Up to `limit` records with ids above `after` (from the first when None), by id:
+        one keyset page, one query."""
+        t = self._table(table)
+        _, reader = self._conns()
+        with self._errors("records_after", table):
+            args: list[object]
+            if after is None:
+                sql, args = f"SELECT {_COLUMNS} FROM {t.sql} ORDER BY id LIMIT ?", [limit]
+            else:
+                sql = f"SELECT {_COLUMNS} FROM {t.sql} WHERE id > ? ORDER BY id LIMIT ?"
+                args = [after, limit]
+            rows = list(await reader.execute_fetchall(sql, args))
+        return [_record_from_row(row) for row in rows]
 
     def tables(self) -> dict[str, int]:
         """The tables and their dimensions."""
@@ -595,6 +633,93 @@ class SQLiteStore:
         with self._errors("count", table):
             rows = list(await reader.execute_fetchall(f"SELECT COUNT(*) FROM {t.sql}"))
         return int(rows[0][0])
+
+    # -- the change log and the migration's state (see store/migrate.py) -----------------------
+
+    async def _log(self, writer: aiosqlite.Connection, t: _Table, ids: Sequence[str]) -> None:
+        # In the write's own transaction: a change is logged exactly when it commits.
+        if self._logging:
+            await writer.executemany(
+                "INSERT INTO satchel_changes (tbl, id) VALUES (?, ?)", [(t.name, i) for i in ids]
+            )
+
+    async def start_change_log(self) -> int:
+        """From now on every write also logs its table and ids; returns the log's high-water
+        mark (every change after it comes from a write that committed after this call)."""
+        async with self._write("start_change_log", None) as writer:
+            await writer.execute(
+                "INSERT OR REPLACE INTO satchel_state (key, value) VALUES (?, 'on')",
+                (_CHANGE_LOG,),
+            )
+            mark = await sqlitedb.sequence(writer, "satchel_changes")
+            await writer.execute("COMMIT")
+            self._logging = True
+        return mark
+
+    async def stop_change_log(self) -> None:
+        """Stop logging and forget every logged change."""
+        async with self._write("stop_change_log", None) as writer:
+            await writer.execute("DELETE FROM satchel_state WHERE key = ?", (_CHANGE_LOG,))
+            await writer.execute("DELETE FROM satchel_changes")
+            await writer.execute("COMMIT")
+            self._logging = False
+
+    async def log_changes(
+        self, table: str, ids: Sequence[str] = (), filter: str | None = None
+    ) -> int:
+        """Log changes made elsewhere (in the store that replaced this one), committed now:
+        records by id, or a delete_where by its filter. Returns the last seq logged."""
+        t = self._table(table)
+        async with self._write("log_changes", table) as writer:
+            if filter is not None:
+                await writer.execute(
+                    "INSERT INTO satchel_changes (tbl, filter) VALUES (?, ?)", (t.name, filter)
+                )
+            await writer.executemany(
+                "INSERT INTO satchel_changes (tbl, id) VALUES (?, ?)", [(t.name, i) for i in ids]
+            )
+            last = await sqlitedb.sequence(writer, "satchel_changes")
+            await writer.execute("COMMIT")
+        return last
+
+    async def changes_after(self, seq: int, limit: int) -> list[Change]:
+        """Up to `limit` logged changes after `seq`, in order."""
+        _, reader = self._conns()
+        with self._errors("changes_after"):
+            rows = await reader.execute_fetchall(
+                "SELECT seq, tbl, id, filter FROM satchel_changes WHERE seq > ? "
+                "ORDER BY seq LIMIT ?",
+                (seq, limit),
+            )
+        return [Change(int(r[0]), str(r[1]), r[2], r[3]) for r in rows]
+
+    async def last_change(self) -> int:
+        """The newest logged change's seq (0 when none ever was)."""
+        _, reader = self._conns()
+        with self._errors("last_change"):
+            return await sqlitedb.sequence(reader, "satchel_changes")
+
+    async def read_state(self, key: str) -> str | None:
+        """A value kept in the file's own key-value table (committed with the data)."""
+        _, reader = self._conns()
+        with self._errors("read_state"):
+            rows = list(
+                await reader.execute_fetchall(
+                    "SELECT value FROM satchel_state WHERE key = ?", (key,)
+                )
+            )
+        return str(rows[0][0]) if rows else None
+
+    async def write_state(self, key: str, value: str | None) -> None:
+        """Set (or, with None, remove) a key of the file's key-value table, durably."""
+        async with self._write("write_state", None) as writer:
+            if value is None:
+                await writer.execute("DELETE FROM satchel_state WHERE key = ?", (key,))
+            else:
+                await writer.execute(
+                    "INSERT OR REPLACE INTO satchel_state (key, value) VALUES (?, ?)", (key, value)
+                )
+            await writer.execute("COMMIT")
 
 
 def _load_matrix(path: Path, name: str, dim: int) -> Matrix:

@@ -1,0 +1,578 @@
+"""Moving every table from a `SQLiteStore` to another store (the LanceDB sidecar) while both
+keep serving: checkpointed, verified, and reversible.
+
+SQLite stays the system of record until cutover. The migration's state is one JSON value in
+the SQLite file's own key-value table, written after each step, so a process killed at any
+moment resumes where it stopped. Phases:
+
+``mark``     turn on the SQLite change log (every write then logs its ids in its own
+             transaction) and record the log's high-water mark;
+``copy``     copy each table in keyset order (by id), `batch` records at a time; the checkpoint
+             is the last id copied. A batch re-sent after a crash is an upsert: nothing doubles;
+``replay``   bring the target up to date from the change log (see `replay`);
+``verify``   compare both sides record by record in id order, per bucket of `bucket` ids
+             (records changed meanwhile are in flight, not mismatches), then run `sample`
+             queries on both and require the target's top-10 to overlap the exact top-10 by
+             `recall`; a mismatch stops the migration here and names the bucket;
+``index``    wait until the target has built its ANN indexes;
+``cutover``  pause writes (they wait, none is refused), replay the tail, record the target as
+             active, resume: see `RoutedStore.paused`;
+``done``     the target serves; changes made to it are logged in SQLite for `rollback`.
+
+`replay` reads each logged id's current record from the source and upserts it, or deletes it
+from the target when the source no longer has it: replaying an entry twice is harmless, which
+is what makes every phase safe to repeat after a crash.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import hashlib
+import json
+import logging
+import random
+import statistics
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final
+
+import anyio
+
+from store.base import (
+    IndexStatus,
+    Record,
+    ScoredRecord,
+    TableExists,
+    VectorLike,
+    VectorStore,
+)
+from store.filter import In, to_text
+from store.http import ServedStore
+from store.sqlite import Change, SQLiteStore
+
+__all__ = [
+    "MigrationError",
+    "MigrationSettings",
+    "MigrationState",
+    "Migrator",
+    "RoutedStore",
+    "VerifyFailed",
+    "replay",
+]
+
+log = logging.getLogger(__name__)
+
+STATE_KEY: Final = "migration"
+PHASES: Final = ("mark", "copy", "replay", "verify", "index", "cutover", "done")
+_REPLAY_BATCH: Final = 1000
+
+
+class MigrationError(RuntimeError):
+    """The migration cannot go on; the message says why."""
+
+
+class VerifyFailed(MigrationError):  # noqa: N818 - reads as a fact
+    """The target does not hold what the source holds; cutover is refused."""
+
+
+@dataclass(frozen=True)
+class MigrationSettings:
+    batch: int = 1000  # records per copy batch
+    bucket: int = 1000  # records per checksum bucket in verify
+    sample: int = 20  # queries compared in verify
+    recall: float = 0.9  # the target's top-10 must overlap the exact top-10 this much
+    ann_min_rows: int = 10_000  # from this many rows the target must be indexed
+    slow_p95_ms: float = 200.0  # the source counts as slow above this (migrate_at_p95_ms)
+    pause_limit_s: float = 2.0  # cutover's write pause is reported against this
+    poll_s: float = 0.5  # how often the index phase and a waiting cutover look again
+
+
+@dataclass
+class TableProgress:
+    dim: int
+    total: int = 0  # rows in the source when the copy of this table began
+    copied: int = 0
+    after: str | None = None  # the last id copied
+    done: bool = False
+
+
+@dataclass
+class MigrationState:
+    phase: str = "mark"
+    mark: int = 0  # the change log's high-water mark when the copy began
+    replayed: int = 0  # changes up to this seq are in the target
+    tables: dict[str, TableProgress] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.time)
+    rate: float = 0.0  # rows copied per second, over the copy so far
+    waiting: str | None = None  # why cutover is waiting, when it is
+    error: str | None = None  # why the migration stopped, when it did
+    verify: dict[str, Any] = field(default_factory=dict)  # counts, recall, p50/p95 per side
+    pause_ms: float | None = None  # cutover's write pause
+    cutover_at: float | None = None
+    cutover_seq: int = 0  # changes after this seq were made to the target (for rollback)
+    rolled_back: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> MigrationState:
+        raw = json.loads(text)
+        raw["tables"] = {name: TableProgress(**t) for name, t in raw["tables"].items()}
+        return cls(**raw)
+
+    @property
+    def copied(self) -> int:
+        return sum(t.copied for t in self.tables.values())
+
+    @property
+    def total(self) -> int:
+        return sum(t.total for t in self.tables.values())
+
+    def eta_s(self) -> float | None:
+        """Seconds the copy still needs at its rate so far."""
+        left = self.total - self.copied
+        return left / self.rate if self.rate > 0 and self.phase == "copy" else None
+
+
+async def load_state(source: SQLiteStore) -> MigrationState | None:
+    """The migration recorded in the SQLite file, if one was ever started."""
+    text = await source.read_state(STATE_KEY)
+    return None if text is None else MigrationState.from_json(text)
+
+
+async def replay(source: VectorStore, target: VectorStore, changes: Sequence[Change]) -> None:
+    """Make the target agree with the source on every change's records, in log order.
+
+    A run of id entries of one table is one lookup in the source, one upsert and one delete in
+    the target; a filter entry (a delete_where made on a store that could not list its ids)
+    is applied as it is. Idempotent: the source's current state is what gets copied.
+    """
+    run: list[str] = []
+    run_table: str | None = None
+
+    async def flush() -> None:
+        if run_table is None or not run:
+            return
+        ids = list(dict.fromkeys(run))
+        found = await source.get_by_ids(run_table, ids)
+        if found:
+            await target.insert(run_table, found)
+        present = {r.id for r in found}
+        missing = [i for i in ids if i not in present]
+        for start in range(0, len(missing), 500):
+            await target.delete_where(
+                run_table, to_text(In("id", tuple(missing[start : start + 500])))
+            )
+        run.clear()
+
+    for change in changes:
+        if change.filter is not None:
+            await flush()
+            await target.delete_where(change.table, change.filter)
+            continue
+        if change.table != run_table:
+            await flush()
+            run_table = change.table
+        assert change.id is not None
+        run.append(change.id)
+    await flush()
+
+
+def _digest(record: Record) -> bytes:
+    h = hashlib.sha256()
+    for text in (record.id, record.source_id, record.source_type, record.text_chunk):
+        h.update(text.encode())
+        h.update(b"\x00")
+    h.update(record.created_at.encode())
+    h.update(json.dumps(list(record.tags)).encode())
+    h.update(record.embedding.astype("<f4").tobytes())
+    return h.digest()
+
+
+class RoutedStore:
+    """The store the daemon serves from: SQLite before cutover, the target after.
+
+    Every write passes one gate, which `paused` closes for the cutover and the rollback:
+    writes then wait (none is refused) and go on, to whichever store is active, once it opens.
+    After cutover each write is first logged in SQLite (ids, or a delete_where's filter), so
+    `Migrator.rollback` can bring SQLite up to date.
+    """
+
+    def __init__(self, sqlite: SQLiteStore, target: ServedStore | None, *, on_target: bool) -> None:
+        if on_target and target is None:
+            raise ValueError("on_target needs a target store")
+        self.sqlite = sqlite
+        self.target = target
+        self._on_target = on_target
+        self._gate = anyio.Lock()
+
+    @property
+    def active(self) -> ServedStore:
+        """The store that answers now."""
+        if self._on_target:
+            assert self.target is not None
+            return self.target
+        return self.sqlite
+
+    @property
+    def on_target(self) -> bool:
+        return self._on_target
+
+    @contextlib.asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """Hold every write back while the body runs (it may `switch`)."""
+        async with self._gate:
+            yield
+
+    def switch(self, *, on_target: bool) -> None:
+        """Make the target (or SQLite) the active store; call inside `paused`."""
+        if on_target and self.target is None:
+            raise ValueError("no target store to switch to")
+        self._on_target = on_target
+
+    async def __aenter__(self) -> RoutedStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Closing is the owner's job: both stores are opened and closed by whoever made them."""
+
+    # -- reads go to the active store --------------------------------------------------------
+
+    async def search(
+        self, table: str, vector: VectorLike, top_k: int, filter: str | None = None
+    ) -> list[ScoredRecord]:
+        return await self.active.search(table, vector, top_k, filter)
+
+    async def get_by_ids(self, table: str, ids: Sequence[str]) -> list[Record]:
+        return await self.active.get_by_ids(table, ids)
+
+    def export_all(self, table: str, *, batch_size: int = 1000) -> AsyncIterator[list[Record]]:
+        return self.active.export_all(table, batch_size=batch_size)
+
+    async def count(self, table: str) -> int:
+        return await self.active.count(table)
+
+    def tables(self) -> dict[str, int]:
+        return self.active.tables()
+
+    async def index_status(self, table: str) -> IndexStatus:
+        return await self.active.index_status(table)
+
+    # -- writes pass the gate ----------------------------------------------------------------
+
+    async def create_table(self, name: str, *, dim: int) -> None:
+        async with self._gate:
+            await self.active.create_table(name, dim=dim)
+
+    async def insert(self, table: str, records: Sequence[Record]) -> None:
+        async with self._gate:
+            if self._on_target and records:
+                await self.sqlite.log_changes(table, [r.id for r in records])
+            await self.active.insert(table, records)
+
+    async def delete(self, table: str, id: str) -> bool:
+        async with self._gate:
+            if self._on_target:
+                await self.sqlite.log_changes(table, [id])
+            return await self.active.delete(table, id)
+
+    async def delete_where(self, table: str, filter: str) -> int:
+        async with self._gate:
+            if self._on_target:
+                await self.sqlite.log_changes(table, filter=filter)
+            return await self.active.delete_where(table, filter)
+
+
+class Migrator:
+    """Runs (or resumes) the migration of `router`'s SQLite store to its target."""
+
+    def __init__(self, router: RoutedStore, settings: MigrationSettings | None = None) -> None:
+        if router.target is None:
+            raise ValueError("a migration needs a target store")
+        self.router = router
+        self.source = router.sqlite
+        self.target: ServedStore = router.target
+        self.settings = settings or MigrationSettings()
+        self.state = MigrationState()
+
+    async def _save(self) -> None:
+        await self.source.write_state(STATE_KEY, self.state.to_json())
+
+    async def run(self, *, stop_before: str = "done") -> MigrationState:
+        """Go from wherever the recorded state is to ``done`` (or to `stop_before`); returns
+        the state.
+
+        Raises VerifyFailed (the state keeps the phase ``verify`` and the message) or another
+        error from either store; running again resumes.
+        """
+        if stop_before not in PHASES:
+            raise ValueError(f"stop_before: expected one of {', '.join(PHASES)}")
+        recorded = await load_state(self.source)
+        if recorded is not None and not recorded.rolled_back:
+            self.state = recorded
+        else:
+            self.state = MigrationState()
+        steps = {
+            "mark": self._mark,
+            "copy": self._copy,
+            "replay": self._replay_phase,
+            "verify": self._verify,
+            "index": self._index,
+            "cutover": self._cutover,
+        }
+        while PHASES.index(self.state.phase) < PHASES.index(stop_before):
+            phase = self.state.phase
+            try:
+                await steps[phase]()
+            except Exception as exc:
+                self.state.error = f"{phase}: {exc}"
+                await self._save()
+                raise
+            self.state.error = None
+            self.state.phase = PHASES[PHASES.index(phase) + 1]
+            await self._save()
+            log.info("migration: %s done; next %s", phase, self.state.phase)
+        return self.state
+
+    # -- phases ------------------------------------------------------------------------------
+
+    async def _mark(self) -> None:
+        if isinstance(self.target, RoutedStore):
+            raise MigrationError("the target cannot be another routed store")
+        for name in self.target.tables():
+            if await self.target.count(name):
+                raise MigrationError(
+                    f"the target already holds records (table {name!r}); a migration starts "
+                    "from an empty target: remove its directory first"
+                )
+        self.state.mark = await self.source.start_change_log()
+        self.state.replayed = self.state.mark
+        self.state.tables = {
+            name: TableProgress(dim, await self.source.count(name))
+            for name, dim in self.source.tables().items()
+        }
+
+    async def _ensure_table(self, name: str, dim: int) -> None:
+        if name not in self.target.tables():
+            with contextlib.suppress(TableExists):  # created before a crash
+                await self.target.create_table(name, dim=dim)
+
+    async def _copy(self) -> None:
+        started, rows = time.perf_counter(), 0
+        for name, progress in self.state.tables.items():
+            await self._ensure_table(name, progress.dim)
+            while not progress.done:
+                batch = await self.source.records_after(name, progress.after, self.settings.batch)
+                if batch:
+                    await self.target.insert(name, batch)
+                    progress.after = batch[-1].id
+                    progress.copied += len(batch)
+                    rows += len(batch)
+                    self.state.rate = rows / max(time.perf_counter() - started, 1e-9)
+                progress.done = len(batch) < self.settings.batch
+                await self._save()
+
+    async def _catch_up(self) -> int:
+        """Replay the change log up to its end as it is now (a busy writer cannot keep this
+        from finishing); returns the last seq replayed."""
+        end = await self.source.last_change()
+        while self.state.replayed < end:
+            changes = await self.source.changes_after(self.state.replayed, _REPLAY_BATCH)
+            changes = [c for c in changes if c.seq <= end]
+            if not changes:
+                break
+            for change in changes:
+                if change.table not in self.target.tables():
+                    await self._ensure_table(change.table, self.source.tables()[change.table])
+            await replay(self.source, self.target, changes)
+            self.state.replayed = changes[-1].seq
+            await self._save()
+        return self.state.replayed
+
+    async def _replay_phase(self) -> None:
+        await self._catch_up()
+
+    async def _verify(self) -> None:
+        replayed = await self._catch_up()
+        samples: list[tuple[str, Record]] = []
+        counts: dict[str, tuple[int, int]] = {}
+        for name in self.source.tables():
+            differing, buckets, seen = await self._compare(name, samples)
+            in_flight = {c.id for c in await self._changes_since(replayed) if c.table == name}
+            real = sorted(differing.keys() - in_flight)
+            counts[name] = (await self.source.count(name), await self.target.count(name))
+            if real:
+                first = real[0]
+                number, lo, hi = _bucket_of(buckets, first)
+                raise VerifyFailed(
+                    f"table {name!r}: bucket {number} (ids {lo!r}..{hi!r}) differs: "
+                    f"{len(real)} record(s), first {first!r}: {differing[first]}"
+                )
+            log.info("migration: verified %d records of %r", seen, name)
+        self.state.verify = {"counts": counts, **await self._sample_queries(samples)}
+        if self.state.verify["recall"] < self.settings.recall:
+            raise VerifyFailed(
+                f"sample queries: the target's top-10 overlaps exact search by "
+                f"{self.state.verify['recall']:.3f}, below the required {self.settings.recall}"
+            )
+
+    async def _changes_since(self, seq: int) -> list[Change]:
+        changes: list[Change] = []
+        while batch := await self.source.changes_after(seq, 10_000):
+            changes.extend(batch)
+            seq = batch[-1].seq
+        return changes
+
+    async def _compare(
+        self, name: str, samples: list[tuple[str, Record]]
+    ) -> tuple[dict[str, str], list[str], int]:
+        """Both sides in id order: the ids that differ (and how), the first id of each bucket
+        of the source, and how many source records were seen; reservoir-samples records."""
+        rng = random.Random(len(name))  # noqa: S311 - sampling, not secrets
+        differing: dict[str, str] = {}
+        buckets: list[str] = []
+        seen = 0
+        theirs = _by_id(self.target.export_all(name))
+        pending: Record | None = await anext(theirs, None)
+        async for batch in self.source.export_all(name):
+            for mine in batch:
+                if seen % self.settings.bucket == 0:
+                    buckets.append(mine.id)
+                seen += 1
+                if len(samples) < self.settings.sample:
+                    samples.append((name, mine))
+                elif (j := rng.randrange(seen)) < self.settings.sample:
+                    samples[j] = (name, mine)
+                while pending is not None and pending.id < mine.id:
+                    differing[pending.id] = "only in the target"
+                    pending = await anext(theirs, None)
+                if pending is None or pending.id != mine.id:
+                    differing[mine.id] = "missing from the target"
+                    continue
+                if _digest(pending) != _digest(mine):
+                    differing[mine.id] = "content differs"
+                pending = await anext(theirs, None)
+        while pending is not None:
+            differing[pending.id] = "only in the target"
+            pending = await anext(theirs, None)
+        return differing, buckets, seen
+
+    async def _sample_queries(self, samples: list[tuple[str, Record]]) -> dict[str, Any]:
+        overlaps: list[float] = []
+        times: dict[str, list[float]] = {"source": [], "target": []}
+        for name, record in samples:
+            started = time.perf_counter()
+            exact = await self.source.search(name, record.embedding, 10)
+            times["source"].append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            found = await self.target.search(name, record.embedding, 10)
+            times["target"].append((time.perf_counter() - started) * 1000)
+            want = {r.id for r in exact}
+            if want:
+                overlaps.append(len(want & {r.id for r in found}) / len(want))
+        figures: dict[str, Any] = {"recall": statistics.fmean(overlaps) if overlaps else 1.0}
+        for side, samples_ms in times.items():
+            figures[f"{side}_p50_ms"] = _percentile(samples_ms, 50)
+            figures[f"{side}_p95_ms"] = _percentile(samples_ms, 95)
+        return figures
+
+    async def _index(self) -> None:
+        while True:
+            waiting = []
+            for name in self.target.tables():
+                status = await self.target.index_status(name)
+                if status.rows >= self.settings.ann_min_rows and (
+                    status.kind == "exact" or status.state != "indexed"
+                ):
+                    waiting.append(f"{name} ({status.kind}, {status.state})")
+            self.state.waiting = f"index build: {', '.join(waiting)}" if waiting else None
+            if not waiting:
+                return
+            await self._save()
+            await self._catch_up()
+            await anyio.sleep(self.settings.poll_s)
+
+    async def _cutover(self) -> None:
+        # A migration never makes search slower, unless SQLite is already too slow.
+        while True:
+            figures = self.state.verify
+            slower = figures.get("target_p95_ms", 0.0) > figures.get("source_p95_ms", 0.0)
+            if not slower or figures.get("source_p95_ms", 0.0) > self.settings.slow_p95_ms:
+                break
+            self.state.waiting = (
+                f"cutover: the target's search p95 {figures['target_p95_ms']:.1f} ms is above "
+                f"SQLite's {figures['source_p95_ms']:.1f} ms"
+            )
+            await self._save()
+            await anyio.sleep(self.settings.poll_s)
+            await self._catch_up()
+            samples = [
+                (name, record)
+                for name in self.source.tables()
+                for record in await self.source.records_after(name, None, 5)
+            ]
+            self.state.verify.update(await self._sample_queries(samples))
+        self.state.waiting = None
+        async with self.router.paused():
+            started = time.perf_counter()
+            await self._catch_up()
+            self.state.cutover_seq = await self.source.last_change()
+            self.state.cutover_at = time.time()
+            self.state.pause_ms = (time.perf_counter() - started) * 1000
+            self.state.phase = "done"
+            await self._save()  # committed before the flip: a restart comes up on the target
+            self.router.switch(on_target=True)
+        if self.state.pause_ms > self.settings.pause_limit_s * 1000:
+            log.warning(
+                "migration: the cutover paused writes for %.0f ms (limit %.0f ms)",
+                self.state.pause_ms,
+                self.settings.pause_limit_s * 1000,
+            )
+
+    async def rollback(self) -> MigrationState:
+        """Bring SQLite up to date with the changes made since cutover and serve from it."""
+        recorded = await load_state(self.source)
+        if recorded is None or recorded.phase != "done" or recorded.rolled_back:
+            raise MigrationError("nothing to roll back: no migration has reached cutover")
+        self.state = recorded
+        async with self.router.paused():
+            # Replaying into SQLite logs those writes too (its change log is on): stop at the
+            # end as it is now, so the replay never chases its own entries.
+            end, seq = await self.source.last_change(), self.state.cutover_seq
+            while changes := await self.source.changes_after(seq, _REPLAY_BATCH):
+                changes = [c for c in changes if c.seq <= end]
+                if not changes:
+                    break
+                await replay(self.target, self.source, changes)
+                seq = changes[-1].seq
+            self.state.rolled_back = True
+            await self._save()
+            await self.source.stop_change_log()
+            self.router.switch(on_target=False)
+        return self.state
+
+
+async def _by_id(batches: AsyncIterator[list[Record]]) -> AsyncIterator[Record]:
+    async for batch in batches:
+        for record in batch:
+            yield record
+
+
+def _bucket_of(buckets: list[str], record_id: str) -> tuple[int, str, str]:
+    """The bucket (number, first id, next bucket's first id or '…') an id falls in."""
+    number = max(0, bisect.bisect_right(buckets, record_id) - 1)
+    upper = buckets[number + 1] if number + 1 < len(buckets) else "…"
+    return number, buckets[number] if buckets else "", upper
+
+
+def _percentile(samples: list[float], q: float) -> float:
+    if not samples:
+        return 0.0
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]

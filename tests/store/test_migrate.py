@@ -1,0 +1,239 @@
+"""The online migration SQLite → LanceDB (store/migrate.py) on real stores: a real SQLite file
+and a real LanceDB directory, with a writer running through the router the whole time."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+import numpy as np
+import pytest
+
+from store.base import Record, VectorStore
+from store.lance import LanceStore
+from store.migrate import MigrationSettings, Migrator, RoutedStore, VerifyFailed, load_state
+from store.sqlite import SQLiteStore
+from tests.store.conftest import random_records, record
+
+DIM = 8
+TABLE = "context_vectors"
+# Small tables stay below ann_min_rows (exact search: no index to wait for); a slow p95 of 0
+# lets the cutover go ahead although LanceDB is slower than SQLite on a few rows.
+SETTINGS = MigrationSettings(batch=100, bucket=50, sample=10, slow_p95_ms=0.0, poll_s=0.01)
+
+
+@asynccontextmanager
+async def stores(tmp_path: Path) -> AsyncIterator[RoutedStore]:
+    """The router over the SQLite file and the LanceDB directory, as the recorded state says."""
+    async with (
+        SQLiteStore(tmp_path / "vectors.db") as sqlite,
+        LanceStore(tmp_path / "lance") as lance,
+    ):
+        state = await load_state(sqlite)
+        on_target = state is not None and state.phase == "done" and not state.rolled_back
+        yield RoutedStore(sqlite, lance, on_target=on_target)
+
+
+async def contents(store: VectorStore) -> dict[str, Record]:
+    return {r.id: r for batch in [b async for b in store.export_all(TABLE)] for r in batch}
+
+
+def same(got: dict[str, Record], want: dict[str, Record]) -> None:
+    assert sorted(got) == sorted(want)
+    different = [i for i in want if not got[i].same_as(want[i])]
+    assert not different, different[:5]
+
+
+class Writer:
+    """Random inserts, upserts, deletes and delete-wheres through the router, with a model of
+    what the table must hold afterwards."""
+
+    def __init__(self, router: RoutedStore, model: dict[str, Record], seed: int) -> None:
+        self.router = router
+        self.model = model
+        self.rng = random.Random(seed)
+        self.next = 0
+
+    async def step(self) -> None:
+        rng, model = self.rng, self.model
+        action = rng.random()
+        if action < 0.45 or not model:
+            self.next += 1
+            batch = [
+                record(
+                    f"w{self.next:05d}-{j}",
+                    np.random.default_rng(self.next * 10 + j).standard_normal(DIM),
+                )
+                for j in range(rng.randint(1, 5))
+            ]
+            await self.router.insert(TABLE, batch)
+            model.update((r.id, r) for r in batch)
+        elif action < 0.75:
+            victim = model[rng.choice(sorted(model))]
+            changed = dataclasses.replace(victim, text_chunk=f"upserted {rng.random()}")
+            await self.router.insert(TABLE, [changed])
+            model[changed.id] = changed
+        elif action < 0.95:
+            victim_id = rng.choice(sorted(model))
+            assert await self.router.delete(TABLE, victim_id)
+            del model[victim_id]
+        else:
+            source = f"source-{rng.randrange(7)}"
+            await self.router.delete_where(
+                TABLE, f"source_id = '{source}' AND source_type = 'note'"
+            )
+            for gone in [
+                i for i, r in model.items() if r.source_id == source and r.source_type == "note"
+            ]:
+                del model[gone]
+
+
+async def seeded(tmp_path: Path, n: int = 600) -> dict[str, Record]:
+    initial = random_records(n, DIM, seed=3)
+    async with SQLiteStore(tmp_path / "vectors.db") as sqlite:
+        await sqlite.create_table(TABLE, dim=DIM)
+        await sqlite.insert(TABLE, initial)
+    return {r.id: r for r in initial}
+
+
+@pytest.mark.anyio
+async def test_the_change_log_records_each_write_in_its_transaction(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "v.db") as sqlite:
+        await sqlite.create_table("t", dim=2)
+        await sqlite.insert("t", [record("before", [1, 0])])
+        assert await sqlite.changes_after(0, 100) == []  # off until started
+        mark = await sqlite.start_change_log()
+        await sqlite.insert("t", [record("a", [1, 0]), record("b", [0, 1])])
+        await sqlite.delete("t", "before")
+        await sqlite.delete_where("t", "id = 'b'")
+        assert not await sqlite.delete("t", "nothing")  # a no-op logs nothing
+    async with SQLiteStore(tmp_path / "v.db") as sqlite:  # still on after reopening
+        await sqlite.insert("t", [record("c", [1, 1])])
+        changes = await sqlite.changes_after(mark, 100)
+        assert [(c.table, c.id) for c in changes] == [
+            ("t", "a"),
+            ("t", "b"),
+            ("t", "before"),
+            ("t", "b"),
+            ("t", "c"),
+        ]
+        assert all(c.filter is None for c in changes)
+        await sqlite.stop_change_log()
+        await sqlite.insert("t", [record("d", [1, 1])])
+        assert await sqlite.changes_after(0, 100) == []
+
+
+@pytest.mark.anyio
+async def test_a_migration_under_writes_moves_exactly_the_expected_set(tmp_path: Path) -> None:
+    model = await seeded(tmp_path)
+    async with stores(tmp_path) as router:
+        writer = Writer(router, model, seed=1)
+        migrator = Migrator(router, SETTINGS)
+        done = anyio.Event()
+
+        async def write_until_done() -> None:
+            while not done.is_set():
+                await writer.step()
+                await anyio.lowlevel.checkpoint()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(write_until_done)
+            state = await migrator.run()
+            for _ in range(30):  # and some more, now on LanceDB
+                await writer.step()
+            done.set()
+        assert router.on_target
+        assert state.phase == "done"
+        assert state.copied >= 600
+        assert state.pause_ms is not None
+        assert state.verify["recall"] >= SETTINGS.recall
+        assert router.target is not None
+        same(await contents(router.target), model)
+    async with stores(tmp_path) as router:  # a restart comes up on LanceDB
+        assert router.on_target
+        same(await contents(router), model)
+
+
+@pytest.mark.anyio
+async def test_interrupted_at_random_moments_it_resumes_without_loss_or_duplicates(
+    tmp_path: Path,
+) -> None:
+    model = await seeded(tmp_path, n=1500)
+    rng = random.Random(5)
+    interruptions = 0
+    for attempt in range(100):
+        async with stores(tmp_path) as router:
+            if router.on_target:
+                break
+            writer = Writer(router, model, seed=attempt)
+            for _ in range(rng.randint(0, 8)):
+                await writer.step()
+            # Cancelled anywhere (a write in a store finishes: both shield their writes).
+            # Verify is one step that starts over, so the windows widen until it fits.
+            with anyio.move_on_after(rng.uniform(0.0, 0.03 * (attempt + 1))) as scope:
+                await Migrator(router, SETTINGS).run()
+            interruptions += scope.cancelled_caught
+    else:
+        pytest.fail("the migration never finished")
+    assert interruptions >= 5
+    async with stores(tmp_path) as router:
+        assert router.on_target
+        assert router.target is not None
+        same(await contents(router.target), model)
+        lance_ids = [r.id async for b in router.target.export_all(TABLE) for r in b]
+        assert len(lance_ids) == len(set(lance_ids))
+
+
+@pytest.mark.anyio
+async def test_an_altered_row_fails_verification_and_prevents_cutover(tmp_path: Path) -> None:
+    await seeded(tmp_path, n=300)
+    async with stores(tmp_path) as router:
+        assert (await Migrator(router, SETTINGS).run(stop_before="verify")).phase == "verify"
+        assert router.target is not None
+        victim = (await router.target.get_by_ids(TABLE, ["r000123"]))[0]
+        # Behind the router's back: the change log does not see it, only verification can.
+        await router.target.insert(TABLE, [dataclasses.replace(victim, text_chunk="tampered")])
+        with pytest.raises(
+            VerifyFailed, match=r"bucket 2 \(ids 'r000100'..'r000150'\).*'r000123': content differs"
+        ):
+            await Migrator(router, SETTINGS).run()
+        assert not router.on_target
+        state = await load_state(router.sqlite)
+        assert state is not None
+        assert state.phase == "verify"
+        assert "r000123" in (state.error or "")
+    async with stores(tmp_path) as router:
+        assert not router.on_target  # and a restart stays on SQLite
+
+
+@pytest.mark.anyio
+async def test_rollback_gives_sqlite_every_change_made_on_both_sides_of_cutover(
+    tmp_path: Path,
+) -> None:
+    model = await seeded(tmp_path, n=300)
+    async with stores(tmp_path) as router:
+        writer = Writer(router, model, seed=9)
+        for _ in range(20):
+            await writer.step()  # before cutover, on SQLite
+        await Migrator(router, SETTINGS).run()
+        assert router.on_target
+        for _ in range(60):
+            await writer.step()  # after, on LanceDB
+        await router.delete_where(TABLE, "source_type = 'feed'")
+        for gone in [i for i, r in model.items() if r.source_type == "feed"]:
+            del model[gone]
+        state = await Migrator(router, SETTINGS).rollback()
+        assert state.rolled_back
+        assert router.active is router.sqlite
+        same(await contents(router.sqlite), model)
+        await writer.step()  # SQLite serves writes again
+        same(await contents(router), model)
+    async with stores(tmp_path) as router:
+        assert not router.on_target
+        same(await contents(router.sqlite), model)
+        assert await router.sqlite.changes_after(0, 10) == []  # the log is off and empty
