@@ -268,6 +268,9 @@ class RoutedStore:
 
     async def create_table(self, name: str, *, dim: int) -> None:
         async with self._gate:
+            if self._on_target and name not in self.sqlite.tables():
+                # SQLite keeps every table, so the change log and a rollback have a home.
+                await self.sqlite.create_table(name, dim=dim)
             await self.active.create_table(name, dim=dim)
 
     async def insert(self, table: str, records: Sequence[Record]) -> None:

@@ -224,6 +224,8 @@ async def test_rollback_gives_sqlite_every_change_made_on_both_sides_of_cutover(
         assert router.on_target
         for _ in range(60):
             await writer.step()  # after, on LanceDB
+        await router.create_table("later", dim=2)  # a table born on LanceDB
+        await router.insert("later", [record("x", [1, 0])])
         await router.delete_where(TABLE, "source_type = 'feed'")
         for gone in [i for i, r in model.items() if r.source_type == "feed"]:
             del model[gone]
@@ -231,6 +233,7 @@ async def test_rollback_gives_sqlite_every_change_made_on_both_sides_of_cutover(
         assert state.rolled_back
         assert router.active is router.sqlite
         same(await contents(router.sqlite), model)
+        assert [r.id for r in await router.sqlite.get_by_ids("later", ["x"])] == ["x"]
         await writer.step()  # SQLite serves writes again
         same(await contents(router), model)
     async with stores(tmp_path) as router:
