@@ -385,11 +385,7 @@ class Migrator:
         """Replay the change log up to its end as it is now (a busy writer cannot keep this
         from finishing); returns the last seq replayed."""
         end = await self.source.last_change()
-        while self.state.replayed < end:
-            changes = await self.source.changes_after(self.state.replayed, _REPLAY_BATCH)
-            changes = [c for c in changes if c.seq <= end]
-            if not changes:
-                break
+        async for changes in self._logged(self.state.replayed, end):
             for change in changes:
                 if change.table not in self.target.tables():
                     await self._ensure_table(change.table, self.source.tables()[change.table])
@@ -404,11 +400,16 @@ class Migrator:
     async def _verify(self) -> None:
         replayed = await self._catch_up()
         samples: list[tuple[str, Record]] = []
+        compared = {name: await self._compare(name, samples) for name in self.source.tables()}
+        # Changed since the replay, while or before the comparison read them: in flight.
+        in_flight = {
+            (c.table, c.id)
+            async for batch in self._logged(replayed, await self.source.last_change())
+            for c in batch
+        }
         counts: dict[str, tuple[int, int]] = {}
-        for name in self.source.tables():
-            differing, buckets, seen = await self._compare(name, samples)
-            in_flight = {c.id for c in await self._changes_since(replayed) if c.table == name}
-            real = sorted(differing.keys() - in_flight)
+        for name, (differing, buckets, seen) in compared.items():
+            real = sorted(i for i in differing if (name, i) not in in_flight)
             counts[name] = (await self.source.count(name), await self.target.count(name))
             if real:
                 first = real[0]
@@ -425,12 +426,16 @@ class Migrator:
                 f"{self.state.verify['recall']:.3f}, below the required {self.settings.recall}"
             )
 
-    async def _changes_since(self, seq: int) -> list[Change]:
-        changes: list[Change] = []
-        while batch := await self.source.changes_after(seq, 10_000):
-            changes.extend(batch)
-            seq = batch[-1].seq
-        return changes
+    async def _logged(self, after: int, end: int) -> AsyncIterator[list[Change]]:
+        """The change log's entries with seq in (after, end], a batch at a time. Bounded by
+        `end`, so a busy writer (or a replay's own logged writes) cannot keep it going."""
+        while after < end:
+            changes = await self.source.changes_after(after, _REPLAY_BATCH)
+            changes = [c for c in changes if c.seq <= end]
+            if not changes:
+                return
+            yield changes
+            after = changes[-1].seq
 
     async def _compare(
         self, name: str, samples: list[tuple[str, Record]]
@@ -545,15 +550,11 @@ class Migrator:
             raise MigrationError("nothing to roll back: no migration has reached cutover")
         self.state = recorded
         async with self.router.paused():
-            # Replaying into SQLite logs those writes too (its change log is on): stop at the
-            # end as it is now, so the replay never chases its own entries.
-            end, seq = await self.source.last_change(), self.state.cutover_seq
-            while changes := await self.source.changes_after(seq, _REPLAY_BATCH):
-                changes = [c for c in changes if c.seq <= end]
-                if not changes:
-                    break
+            # Replaying into SQLite logs those writes too (its change log is on): stopping at
+            # the end as it is now, the replay never chases its own entries.
+            end = await self.source.last_change()
+            async for changes in self._logged(self.state.cutover_seq, end):
                 await replay(self.target, self.source, changes)
-                seq = changes[-1].seq
             self.state.rolled_back = True
             await self._save()
             await self.source.stop_change_log()
