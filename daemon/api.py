@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from daemon import __version__
 from daemon.config import Config
-from daemon.core import NotFound, NotReady, Satchel
+from daemon.core import Conflict, NotFound, NotReady, Satchel
 from daemon.schema import OPENAPI, InvalidRequest, request_schema, validate
 from ingest.documents import Document
 from ingest.errors import IngestError, PermanentError, TransientError
@@ -129,6 +129,16 @@ def create_app(satchel: Satchel) -> Starlette:
         imported = await satchel.import_lines(_lines(request), _table(request))
         return JSONResponse({"imported": imported})
 
+    async def migration(request: Request) -> Response:
+        if request.method == "GET":
+            return JSONResponse(satchel.migration())
+        dry_run = (await _json_body(request, "/migration")).get("dry_run", False)
+        answer = await satchel.migrate(dry_run=dry_run)
+        return JSONResponse(answer, status_code=200 if dry_run else 202)
+
+    async def rollback(request: Request) -> Response:
+        return JSONResponse(await satchel.rollback())
+
     routes = [
         Route("/health", _guard(health), methods=["GET"]),
         Route("/status", _guard(status), methods=["GET"]),
@@ -142,6 +152,8 @@ def create_app(satchel: Satchel) -> Starlette:
         Route("/sources/{id:path}", _guard(delete_source), methods=["DELETE"]),
         Route("/export", _guard(export), methods=["GET"]),
         Route("/import", _guard(import_), methods=["POST"]),
+        Route("/migration", _guard(migration), methods=["GET", "POST"]),
+        Route("/migration/rollback", _guard(rollback), methods=["POST"]),
     ]
     return Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
 
@@ -162,6 +174,8 @@ def _guard(handler: Handler) -> Handler:
             return _error(404, str(exc).strip("'\""))
         except (NotReady, TransientError) as exc:
             return _error(503, str(exc))
+        except Conflict as exc:
+            return _error(409, str(exc))
         except _TooLarge as exc:
             return _error(413, str(exc))
         except _WrongType as exc:

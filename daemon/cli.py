@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     import_ = commands.add_parser("import", help="load records from an export")
     import_.add_argument("file", type=Path, help="an export file")
     import_.add_argument("--table", help="the table (default from the config)")
+
+    migrate = commands.add_parser(
+        "migrate", help="move the vectors from SQLite to LanceDB (or back), while serving"
+    )
+    what = migrate.add_mutually_exclusive_group()
+    what.add_argument("--dry-run", action="store_true", help="say what it would do; change nothing")
+    what.add_argument("--status", action="store_true", help="show the migration's progress")
+    what.add_argument("--rollback", action="store_true", help="serve from SQLite again")
+    migrate.add_argument(
+        "--no-wait", action="store_true", help="start it and return (no progress bar)"
+    )
+    migrate.add_argument("--json", action="store_true", help="print the raw JSON")
 
     commands.add_parser("doctor", help="check the installation and say how to fix problems")
 
@@ -252,6 +265,8 @@ def _status(config: Config, args: argparse.Namespace) -> int:
             f"search: p50 {latency['p50_ms']:.1f} ms, p95 {latency['p95_ms']:.1f} ms "
             f"over {latency['count']} searches"
         )
+    if status.get("migration"):
+        lines.extend(_migration_lines(status["migration"]))
     for child in status["children"]:
         lines.append(
             f"child {child['name']}: {child['state']} (pid {child['pid']}, "
@@ -259,6 +274,89 @@ def _status(config: Config, args: argparse.Namespace) -> int:
         )
     print("\n".join(lines))
     return 0
+
+
+def _migrate(config: Config, args: argparse.Namespace) -> int:
+    client = _Client(config)
+    if args.status or args.rollback or args.dry_run:
+        if args.status:
+            answer = client.request("GET", "/migration")
+        elif args.rollback:
+            answer = client.request("POST", "/migration/rollback")
+        else:
+            answer = client.request("POST", "/migration", json={"dry_run": True})
+        if args.json:
+            print(json.dumps(answer, indent=2))
+        elif args.dry_run:
+            print("\n".join(_plan_lines(answer)))
+        else:
+            print("\n".join(_migration_lines(answer)))
+        return 0
+    answer = client.request("POST", "/migration", json={})
+    if args.no_wait or args.json:
+        print(json.dumps(answer, indent=2) if args.json else "migration started")
+        return 0
+    try:
+        while answer["running"]:
+            _progress(_migration_lines(answer)[0].ljust(100))
+            time.sleep(0.5)
+            answer = client.request("GET", "/migration")
+    except KeyboardInterrupt:
+        print("\nthe migration goes on in the daemon: `satchel migrate --status`", file=sys.stderr)
+        return 130
+    _progress("\n")
+    print("\n".join(_migration_lines(answer)))
+    return 0 if answer["phase"] == "done" else 1
+
+
+def _plan_lines(plan: dict[str, Any]) -> list[str]:
+    lines = [
+        f"would {'resume' if plan['resumes'] else 'start'} a migration of {plan['rows']:,} "
+        f"records to {plan['target']}, {plan['batch']:,} per batch",
+    ]
+    for name, table in plan["tables"].items():
+        lines.append(f"  table {name}: {table['rows']:,} records of {table['dim']} dimensions")
+    need, free = plan["estimated_bytes"], plan["free_bytes"]
+    lines.append(f"needs about {need / 2**20:,.0f} MiB; {free / 2**20:,.0f} MiB free")
+    if need > free:
+        lines.append("  not enough free disk space")
+    if plan["blocker"]:
+        lines.append(f"cannot start: {plan['blocker']}")
+    return lines
+
+
+def _migration_lines(m: dict[str, Any]) -> list[str]:
+    if m["phase"] is None:
+        auto = "automatic" if m["automatic"] else "by hand only"
+        return [f"migration: none yet ({auto}); serving from {m['serving']}"]
+    line = f"migration: {m['phase']}"
+    if m["phase"] == "copy":
+        line += f" {_bar(m['copied'], m['total'])} {m['copied']:,} of {m['total']:,} rows"
+        line += f", {m['rate']:,.0f} rows/s"
+        if m["eta_s"] is not None:
+            line += f", ETA {_duration(m['eta_s'])}"
+    lines = [line, f"  why: {m['reason']}; serving from {m['serving']}"]
+    if m["waiting"]:
+        lines.append(f"  waiting: {m['waiting']}")
+    if m["error"]:
+        lines.append(f"  stopped: {m['error']}")
+    verify = m.get("verify") or {}
+    if "recall" in verify:
+        lines.append(
+            f"  verified: recall@10 {verify['recall']:.3f}; search p95 SQLite "
+            f"{verify['source_p95_ms']:.1f} ms, LanceDB {verify['target_p95_ms']:.1f} ms"
+        )
+    if m["phase"] == "done":
+        at = time.strftime("%Y-%m-%d %H:%M", time.localtime(m["cutover_at"]))
+        lines.append(f"  cutover {at}, writes paused {m['pause_ms']:.0f} ms")
+        if m["discarded_at"] is not None:
+            lines.append("  SQLite's copy is discarded: no rollback")
+        elif m["rollback_until"] is None:
+            lines.append("  SQLite's copy is kept: `satchel migrate --rollback` goes back")
+        else:
+            until = time.strftime("%Y-%m-%d %H:%M", time.localtime(m["rollback_until"]))
+            lines.append(f"  `satchel migrate --rollback` goes back until {until}")
+    return lines
 
 
 def _search(config: Config, args: argparse.Namespace) -> int:
@@ -482,6 +580,7 @@ _COMMANDS = {
     "sources": _sources,
     "export": _export,
     "import": _import,
+    "migrate": _migrate,
     "doctor": _doctor,
     "service": _service,
 }

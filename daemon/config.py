@@ -142,6 +142,9 @@ class RetrievalConfig:
     latency_window: int = field(default=200, metadata=_rule(ge=1))
     migration_batch: int = field(default=1000, metadata=_rule(ge=1, le=100_000))
     ann_min_rows: int = field(default=10_000, metadata=_rule(ge=1_000))
+    migration_recall: float = field(default=0.9, metadata=_rule(gt=0, le=1))
+    rollback_days: float = field(default=7.0, metadata=_rule(ge=0))
+    keep_sqlite: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,8 @@
 """What the local API serves: one object over the store, the catalog, the queue and the embedder.
 
 `Satchel` holds the daemon's open resources (opened and closed by `daemon.main`) and offers the
-operations behind each endpoint: search (with the store's own latency recorded for status and,
-later, the migration trigger), documents in, records and sources out, export and import, and the
+operations behind each endpoint: search (with the store's own latency recorded for status and
+the migration trigger), documents in, records and sources out, export and import, and the
 status report. It raises `NotFound`, `NotReady` or the store's and ingest's own errors; the API
 maps them to status codes.
 """
@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from daemon import __version__
 from daemon.config import Config
-from daemon.stores import backend_name
+from daemon.migration import Conflict, Migrations
 from ingest.catalog import Catalog
 from ingest.documents import Document
 from ingest.embed import Embedder
@@ -28,8 +28,17 @@ from store import Record
 from store.base import StoreError, VectorLike
 from store.filter import In, to_text
 from store.http import HTTPStore, ServedStore, record_from_json, record_to_json
+from store.migrate import RoutedStore
 
-__all__ = ["EXPORT_FORMAT", "EmbedderState", "NotFound", "NotReady", "Satchel", "SearchResult"]
+__all__ = [
+    "EXPORT_FORMAT",
+    "Conflict",
+    "EmbedderState",
+    "NotFound",
+    "NotReady",
+    "Satchel",
+    "SearchResult",
+]
 
 EXPORT_FORMAT: Final = "satchel-export"
 _DELETE_BATCH: Final = 500
@@ -110,6 +119,7 @@ class Satchel:
         queue: Queue,
         *,
         children: Callable[[], list[dict[str, Any]]] = list,
+        migrations: Migrations | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -120,6 +130,7 @@ class Satchel:
         self.table = config.retrieval.table
         self._children = children
         self._latency = _Latency(config.retrieval.latency_window)
+        self.migrations = migrations
 
     # -- search -------------------------------------------------------------------------------
 
@@ -152,6 +163,8 @@ class Satchel:
         found = await self.store.search(name, target, top_k, filter)
         search_ms = (time.perf_counter() - started) * 1000
         self._latency.add(search_ms)
+        if self.migrations is not None:
+            self.migrations.observe(name, search_ms)
         sources = await self.catalog.sources_by_id(list({r.source_id for r in found}))
         results = []
         for hit in found:
@@ -275,6 +288,29 @@ class Satchel:
         if name not in self.store.tables():
             await self.store.create_table(name, dim=dim)
 
+    # -- migration ----------------------------------------------------------------------------
+
+    def _migrations(self) -> Migrations:
+        if self.migrations is None:
+            backend = self.config.retrieval.backend
+            raise Conflict(
+                f'backend = "{backend}" is pinned and its data never migrated: '
+                'set backend = "auto" to migrate'
+            )
+        return self.migrations
+
+    def migration(self) -> dict[str, Any]:
+        """The migration's progress (`satchel migrate --status`)."""
+        return self._migrations().report()
+
+    async def migrate(self, *, dry_run: bool) -> dict[str, Any]:
+        """Start (or resume) the migration to LanceDB, or say what it would do."""
+        return await self._migrations().start(dry_run=dry_run)
+
+    async def rollback(self) -> dict[str, Any]:
+        """Serve from SQLite again."""
+        return await self._migrations().rollback()
+
     # -- status -------------------------------------------------------------------------------
 
     async def status(self) -> dict[str, Any]:
@@ -288,13 +324,14 @@ class Satchel:
                 continue
             tables[name] = {"count": index.rows, "index": asdict(index)}
         queue = await self.queue.stats()
+        active = self.store.active if isinstance(self.store, RoutedStore) else self.store
         return {
             "version": __version__,
             "uptime_seconds": round(time.time() - self.started, 1),
-            "backend": backend_name(self.config),
+            "backend": "lancedb" if isinstance(active, HTTPStore) else "sqlite",
             "sidecar": (
-                {"url": self.store.base_url, "managed": not self.config.retrieval.lancedb_url}
-                if isinstance(self.store, HTTPStore)
+                {"url": active.base_url, "managed": not self.config.retrieval.lancedb_url}
+                if isinstance(active, HTTPStore)
                 else None
             ),
             "tables": tables,
@@ -302,7 +339,7 @@ class Satchel:
             "children": self._children(),
             "queue": asdict(queue),
             "search_latency": self._latency.report(),
-            "migration": None,
+            "migration": None if self.migrations is None else self.migrations.report(),
         }
 
 

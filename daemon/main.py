@@ -40,15 +40,16 @@ import httpx
 from daemon.api import create_app
 from daemon.config import Config, usable_socket_path
 from daemon.core import EmbedderState, Satchel
+from daemon.migration import open_store
 from daemon.ollama import OllamaError, OllamaManager, OllamaUnavailable
 from daemon.server import UnixServer, bind_socket
-from daemon.stores import open_store
 from daemon.supervisor import Supervisor, SupervisorSettings
 from ingest.catalog import Catalog
 from ingest.embed import Embedder, HashEmbedder, OllamaEmbedder, OpenAIEmbedder, Prefixes
 from ingest.pipeline import Pipeline, PipelineSettings
 from ingest.queue import Queue, QueueSettings
 from store import SQLiteStore
+from store.migrate import RoutedStore
 
 __all__ = ["AlreadyRunning", "run", "setup_logging"]
 
@@ -277,7 +278,7 @@ async def run(config: Config) -> int:
                 _log.warning("reaped a leftover child: %s", line)
             async with (
                 Catalog(data / "satchel.db") as catalog,
-                open_store(config, supervisor) as store,
+                open_store(config, supervisor) as (store, migrations),
             ):
                 ingest = config.ingest
                 queue = Queue(
@@ -295,6 +296,7 @@ async def run(config: Config) -> int:
                     catalog,
                     queue,
                     children=lambda: [asdict(child) for child in supervisor.status()],
+                    migrations=migrations,
                 )
                 server = UnixServer(
                     create_app(satchel),
@@ -333,8 +335,14 @@ async def run(config: Config) -> int:
                             _log.exception("could not preload %s", config.retrieval.table)
 
                     work.start_soon(ingest_then_signal)
-                    if isinstance(store, SQLiteStore) and config.retrieval.table in store.tables():
-                        work.start_soon(preload, store)
+                    if migrations is not None:
+                        work.start_soon(migrations.run)
+                    sqlite = store.active if isinstance(store, RoutedStore) else store
+                    if (
+                        isinstance(sqlite, SQLiteStore)
+                        and config.retrieval.table in sqlite.tables()
+                    ):
+                        work.start_soon(preload, sqlite)
                     limit = config.daemon.startup_timeout_seconds
                     with anyio.fail_after(max(0.0, limit - (time.monotonic() - started))):
                         await server.ready.wait()

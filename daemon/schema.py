@@ -296,6 +296,48 @@ OPENAPI: Final[dict[str, Any]] = {
                 "responses": {"200": _answer("Imported", {"type": "object"}), **_ERRORS},
             }
         },
+        "/migration": {
+            "get": {
+                "summary": "The SQLite -> LanceDB migration: phase, rows copied of total, rate, "
+                "ETA, why it waits, verification figures, rollback window",
+                "responses": {
+                    "200": _answer("Progress", {"type": "object"}),
+                    "409": _answer("The backend is pinned", _ERROR),
+                    **_ERRORS,
+                },
+            },
+            "post": {
+                "summary": "Start (or resume) the migration; with dry_run, only say what it "
+                "would do",
+                "requestBody": {
+                    "required": True,
+                    **_json(
+                        {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {"dry_run": {"type": "boolean"}},
+                        }
+                    ),
+                },
+                "responses": {
+                    "200": _answer("The dry run's plan", {"type": "object"}),
+                    "202": _answer("Started: the progress so far", {"type": "object"}),
+                    "409": _answer("Already running or done, or the backend is pinned", _ERROR),
+                    **_ERRORS,
+                },
+            },
+        },
+        "/migration/rollback": {
+            "post": {
+                "summary": "Serve from SQLite again: after cutover, replay the changes made "
+                "since into it; before, give the migration up",
+                "responses": {
+                    "200": _answer("Rolled back", {"type": "object"}),
+                    "409": _answer("Nothing to roll back", _ERROR),
+                    **_ERRORS,
+                },
+            }
+        },
     },
 }
 

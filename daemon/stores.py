@@ -1,6 +1,7 @@
-"""The vector store `[retrieval]` asks for: SQLite in this process, or LanceDB in a sidecar.
+"""The LanceDB sidecar, reached over HTTP (which store serves is `daemon.migration.open_store`'s
+choice).
 
-``backend = "lancedb"`` with an empty ``lancedb_url`` starts ``python -m store serve --backend
+With an empty ``lancedb_url``, `open_sidecar` starts ``python -m store serve --backend
 lance`` under the supervisor: on a port picked here (kept across restarts, so the client's URL
 stays valid), with a fresh bearer secret in its environment, ready once ``/health`` answers with
 that secret, restarted when it crashes, stopped after the store is closed. With ``lancedb_url``
@@ -23,10 +24,9 @@ import httpx
 
 from daemon.config import Config
 from daemon.supervisor import ChildFailed, ChildSpec, Supervisor
-from store import SQLiteStore
-from store.http import HTTPStore, ServedStore
+from store.http import HTTPStore
 
-__all__ = ["SECRET_ENV", "SIDECAR", "StoreUnavailable", "backend_name", "open_store"]
+__all__ = ["SECRET_ENV", "SIDECAR", "StoreUnavailable", "open_sidecar"]
 
 SECRET_ENV = "SATCHEL_SIDECAR_SECRET"  # noqa: S105 - the variable's name, not a secret
 SIDECAR = "lancedb"  # the supervised child's name
@@ -39,18 +39,10 @@ class StoreUnavailable(RuntimeError):  # noqa: N818 - reads as a fact, like stor
     """The configured store cannot be reached or started; the message says why."""
 
 
-def backend_name(config: Config) -> str:
-    """The backend in use: ``lancedb`` when asked for, else ``sqlite`` (``auto`` starts there)."""
-    return "lancedb" if config.retrieval.backend == "lancedb" else "sqlite"
-
-
 @contextlib.asynccontextmanager
-async def open_store(config: Config, supervisor: Supervisor) -> AsyncIterator[ServedStore]:
-    """The store `config` asks for, open; closed (and a sidecar of ours stopped) on exit."""
-    if backend_name(config) == "sqlite":
-        async with SQLiteStore(config.paths.data_dir / "vectors.db") as store:
-            yield store
-        return
+async def open_sidecar(config: Config, supervisor: Supervisor) -> AsyncIterator[HTTPStore]:
+    """The LanceDB sidecar, connected: ours (started, and stopped on exit), or the one at
+    ``lancedb_url``."""
     url = config.retrieval.lancedb_url
     if url:
         secret = os.environ.get(SECRET_ENV, "")

@@ -7,8 +7,9 @@ line, ``READY port=PORT``, to stdout once connections are accepted. The bearer s
 from the environment variable ``SATCHEL_SIDECAR_SECRET`` (never from argv, which any local
 user can read in the process list); without it the sidecar refuses to start.
 
-A LanceDB store is maintained in the background: every ``--maintain-every`` seconds each
-table gets a `LanceStore.maintain` pass (indexes, optimize, cleanup), logged to stderr.
+A LanceDB store is maintained in the background: at start and every ``--maintain-every``
+seconds each table gets a `LanceStore.maintain` pass (indexes, optimize, cleanup), logged to
+stderr.
 
 SIGTERM or SIGINT stops accepting connections, lets requests in flight finish (for at most
 ``--grace`` seconds), closes the store and exits 0. This process owns its signals: uvicorn's
@@ -101,8 +102,7 @@ async def _maintain(store: ServedStore, every: float) -> None:
     maintain = getattr(store, "maintain", None)
     if maintain is None or every <= 0:
         return  # SQLite's matrix needs no upkeep
-    while True:
-        await anyio.sleep(every)
+    while True:  # a pass at start too: a restart after a crash mid-build builds again now
         for table in store.tables():
             try:
                 for line in await maintain(table):
@@ -111,6 +111,7 @@ async def _maintain(store: ServedStore, every: float) -> None:
                 _log.error(
                     "table %s: maintenance failed (tried again in %g s): %s", table, every, exc
                 )
+        await anyio.sleep(every)
 
 
 class _Stop:

@@ -10,13 +10,15 @@ moment resumes where it stopped. Phases:
 ``copy``     copy each table in keyset order (by id), `batch` records at a time; the checkpoint
              is the last id copied. A batch re-sent after a crash is an upsert: nothing doubles;
 ``replay``   bring the target up to date from the change log (see `replay`);
+``index``    wait until the target has built its ANN indexes (replaying meanwhile);
 ``verify``   compare both sides record by record in id order, per bucket of `bucket` ids
              (records changed meanwhile are in flight, not mismatches), then run `sample`
              queries on both and require the target's top-10 to overlap the exact top-10 by
-             `recall`; a mismatch stops the migration here and names the bucket;
-``index``    wait until the target has built its ANN indexes;
-``cutover``  pause writes (they wait, none is refused), replay the tail, record the target as
-             active, resume: see `RoutedStore.paused`;
+             `recall`; a mismatch stops the migration here and names the bucket. It comes
+             after the index so that the sample queries measure the index that will serve;
+``cutover``  wait while the target searches slower than SQLite (unless SQLite is slower than
+             `slow_p95_ms` itself), then pause writes (they wait, none is refused), replay
+             the tail, record the target as active, resume: see `RoutedStore.paused`;
 ``done``     the target serves; changes made to it are logged in SQLite for `rollback`.
 
 `replay` reads each logged id's current record from the source and upserts it, or deletes it
@@ -59,13 +61,15 @@ __all__ = [
     "Migrator",
     "RoutedStore",
     "VerifyFailed",
+    "load_state",
     "replay",
+    "save_state",
 ]
 
 log = logging.getLogger(__name__)
 
 STATE_KEY: Final = "migration"
-PHASES: Final = ("mark", "copy", "replay", "verify", "index", "cutover", "done")
+PHASES: Final = ("mark", "copy", "replay", "index", "verify", "cutover", "done")
 _REPLAY_BATCH: Final = 1000
 
 
@@ -86,7 +90,8 @@ class MigrationSettings:
     ann_min_rows: int = 10_000  # from this many rows the target must be indexed
     slow_p95_ms: float = 200.0  # the source counts as slow above this (migrate_at_p95_ms)
     pause_limit_s: float = 2.0  # cutover's write pause is reported against this
-    poll_s: float = 0.5  # how often the index phase and a waiting cutover look again
+    poll_s: float = 0.5  # how often the index phase and a waiting cutover replay the log
+    remeasure_s: float = 60.0  # how often a waiting cutover runs the sample queries again
 
 
 @dataclass
@@ -113,6 +118,8 @@ class MigrationState:
     cutover_at: float | None = None
     cutover_seq: int = 0  # changes after this seq were made to the target (for rollback)
     rolled_back: bool = False
+    reason: str = "started by hand"  # what started it: a trigger, or by hand
+    discarded_at: float | None = None  # when SQLite's copy was discarded (no rollback after)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -141,6 +148,11 @@ async def load_state(source: SQLiteStore) -> MigrationState | None:
     """The migration recorded in the SQLite file, if one was ever started."""
     text = await source.read_state(STATE_KEY)
     return None if text is None else MigrationState.from_json(text)
+
+
+async def save_state(source: SQLiteStore, state: MigrationState) -> None:
+    """Record `state` in the SQLite file, durably."""
+    await source.write_state(STATE_KEY, state.to_json())
 
 
 async def replay(source: VectorStore, target: VectorStore, changes: Sequence[Change]) -> None:
@@ -208,6 +220,8 @@ class RoutedStore:
         self.target = target
         self._on_target = on_target
         self._gate = anyio.Lock()
+        self.log_target_writes = True  # off once SQLite's copy is discarded: nothing to roll back
+        self.grown = anyio.Event()  # set by every insert, for whoever watches the tables grow
 
     @property
     def active(self) -> ServedStore:
@@ -232,6 +246,12 @@ class RoutedStore:
         if on_target and self.target is None:
             raise ValueError("no target store to switch to")
         self._on_target = on_target
+
+    def attach(self, target: ServedStore | None) -> None:
+        """Set (or, with None, remove) the target store; SQLite must be active to remove it."""
+        if target is None and self._on_target:
+            raise ValueError("the target is serving: switch back to SQLite first")
+        self.target = target
 
     async def __aenter__(self) -> RoutedStore:
         return self
@@ -275,19 +295,20 @@ class RoutedStore:
 
     async def insert(self, table: str, records: Sequence[Record]) -> None:
         async with self._gate:
-            if self._on_target and records:
+            self.grown.set()
+            if self._on_target and self.log_target_writes and records:
                 await self.sqlite.log_changes(table, [r.id for r in records])
             await self.active.insert(table, records)
 
     async def delete(self, table: str, id: str) -> bool:
         async with self._gate:
-            if self._on_target:
+            if self._on_target and self.log_target_writes:
                 await self.sqlite.log_changes(table, [id])
             return await self.active.delete(table, id)
 
     async def delete_where(self, table: str, filter: str) -> int:
         async with self._gate:
-            if self._on_target:
+            if self._on_target and self.log_target_writes:
                 await self.sqlite.log_changes(table, filter=filter)
             return await self.active.delete_where(table, filter)
 
@@ -296,20 +317,26 @@ class Migrator:
     """Runs (or resumes) the migration of `router`'s SQLite store to its target."""
 
     def __init__(self, router: RoutedStore, settings: MigrationSettings | None = None) -> None:
-        if router.target is None:
-            raise ValueError("a migration needs a target store")
         self.router = router
         self.source = router.sqlite
-        self.target: ServedStore = router.target
         self.settings = settings or MigrationSettings()
         self.state = MigrationState()
+        self._samples: list[tuple[str, Record]] = []  # verify's, measured again before cutover
+
+    @property
+    def target(self) -> ServedStore:
+        if self.router.target is None:
+            raise MigrationError("no target store to migrate to")
+        return self.router.target
 
     async def _save(self) -> None:
-        await self.source.write_state(STATE_KEY, self.state.to_json())
+        await save_state(self.source, self.state)
 
-    async def run(self, *, stop_before: str = "done") -> MigrationState:
+    async def run(
+        self, *, stop_before: str = "done", reason: str = "started by hand"
+    ) -> MigrationState:
         """Go from wherever the recorded state is to ``done`` (or to `stop_before`); returns
-        the state.
+        the state. A new migration (none recorded, or the last rolled back) records `reason`.
 
         Raises VerifyFailed (the state keeps the phase ``verify`` and the message) or another
         error from either store; running again resumes.
@@ -320,13 +347,13 @@ class Migrator:
         if recorded is not None and not recorded.rolled_back:
             self.state = recorded
         else:
-            self.state = MigrationState()
+            self.state = MigrationState(reason=reason)
         steps = {
             "mark": self._mark,
             "copy": self._copy,
             "replay": self._replay_phase,
-            "verify": self._verify,
             "index": self._index,
+            "verify": self._verify,
             "cutover": self._cutover,
         }
         while PHASES.index(self.state.phase) < PHASES.index(stop_before):
@@ -399,7 +426,7 @@ class Migrator:
 
     async def _verify(self) -> None:
         replayed = await self._catch_up()
-        samples: list[tuple[str, Record]] = []
+        samples = self._samples = []
         compared = {name: await self._compare(name, samples) for name in self.source.tables()}
         # Changed since the replay, while or before the comparison read them: in flight.
         in_flight = {
@@ -474,6 +501,9 @@ class Migrator:
     async def _sample_queries(self, samples: list[tuple[str, Record]]) -> dict[str, Any]:
         overlaps: list[float] = []
         times: dict[str, list[float]] = {"source": [], "target": []}
+        for name, record in dict(reversed(samples)).items():  # warm up: load SQLite's matrix
+            await self.source.search(name, record.embedding, 10)
+            await self.target.search(name, record.embedding, 10)
         for name, record in samples:
             started = time.perf_counter()
             exact = await self.source.search(name, record.embedding, 10)
@@ -518,14 +548,17 @@ class Migrator:
                 f"SQLite's {figures['source_p95_ms']:.1f} ms"
             )
             await self._save()
-            await anyio.sleep(self.settings.poll_s)
-            await self._catch_up()
-            samples = [
-                (name, record)
-                for name in self.source.tables()
-                for record in await self.source.records_after(name, None, 5)
-            ]
-            self.state.verify.update(await self._sample_queries(samples))
+            with anyio.move_on_after(self.settings.remeasure_s):
+                while True:  # keep the target current meanwhile: the final replay stays short
+                    await anyio.sleep(self.settings.poll_s)
+                    await self._catch_up()
+            if not self._samples:  # resumed here after a restart
+                self._samples = [
+                    (name, record)
+                    for name in self.source.tables()
+                    for record in await self.source.records_after(name, None, self.settings.sample)
+                ]
+            self.state.verify.update(await self._sample_queries(self._samples))
         self.state.waiting = None
         async with self.router.paused():
             started = time.perf_counter()
@@ -544,11 +577,24 @@ class Migrator:
             )
 
     async def rollback(self) -> MigrationState:
-        """Bring SQLite up to date with the changes made since cutover and serve from it."""
+        """Serve from SQLite again: after cutover, first bring it up to date with the changes
+        made since; before cutover (nothing to bring back), give the migration up. Either way
+        the change log stops, and the next migration starts afresh. Call it while `run` is not
+        running."""
         recorded = await load_state(self.source)
-        if recorded is None or recorded.phase != "done" or recorded.rolled_back:
-            raise MigrationError("nothing to roll back: no migration has reached cutover")
+        if recorded is None or recorded.rolled_back:
+            raise MigrationError("nothing to roll back: no migration was started since the last")
+        if recorded.discarded_at is not None:
+            raise MigrationError(
+                "SQLite's copy was discarded when the rollback window ended "
+                f"({time.strftime('%Y-%m-%d %H:%M', time.localtime(recorded.discarded_at))})"
+            )
         self.state = recorded
+        if recorded.phase != "done":
+            self.state.rolled_back = True
+            await self._save()
+            await self.source.stop_change_log()
+            return self.state
         async with self.router.paused():
             # Replaying into SQLite logs those writes too (its change log is on): stopping at
             # the end as it is now, the replay never chases its own entries.

@@ -664,6 +664,23 @@ class SQLiteStore:
             await writer.execute("COMMIT")
             self._logging = False
 
+    async def discard_records(self) -> None:
+        """Delete every table's records (the tables stay), stop the change log and give the
+        space back to the file system: the old copy of a migrated store, once rollback to it
+        is no longer wanted. Never loads a search matrix."""
+        async with self._write("discard_records", None) as writer:
+            for t in self._tables.values():
+                await writer.execute(f"DELETE FROM {t.sql}")
+                await self._bump_version(writer, t)
+            await writer.execute("DELETE FROM satchel_state WHERE key = ?", (_CHANGE_LOG,))
+            await writer.execute("DELETE FROM satchel_changes")
+            await writer.execute("COMMIT")
+            self._logging = False
+            for t in self._tables.values():
+                t.matrix = None
+            with self._errors("discard_records", None):
+                await writer.execute("VACUUM")  # outside any transaction; under the write lock
+
     async def log_changes(
         self, table: str, ids: Sequence[str] = (), filter: str | None = None
     ) -> int:
