@@ -266,6 +266,7 @@ class Migrations:
 
     async def _migrate(self, reason: str) -> None:
         wait = 1.0
+        await self._record(reason)
         while True:
             try:
                 if self._fresh() and not self.config.retrieval.lancedb_url:
@@ -294,7 +295,15 @@ class Migrations:
                     self._recorded = await load_state(self.sqlite)
 
     def _fresh(self) -> bool:
-        return self._recorded is None or self._recorded.rolled_back
+        """No migration has copied anything since the last rollback (or ever)."""
+        state = self._recorded
+        return state is None or state.rolled_back or state.phase == "mark"
+
+    async def _record(self, reason: str) -> None:
+        """Commit a new migration's intent, so a daemon killed before it got going resumes it."""
+        if self._recorded is None or self._recorded.rolled_back:
+            self._recorded = MigrationState(reason=reason)
+            await save_state(self.sqlite, self._recorded)
 
     # -- what the API asks -------------------------------------------------------------------
 
@@ -306,7 +315,9 @@ class Migrations:
         if blocker:
             raise Conflict(blocker)
         self._fired = True
-        self._request = ("started by hand", anyio.Event())
+        reason = "started by hand"
+        await self._record(reason)  # before the 202: a crash now still resumes it
+        self._request = (reason, anyio.Event())
         self._wake.set()
         return self.report()
 
