@@ -16,7 +16,6 @@ HNSW index. Every figure is printed next to its target; the exit status is 0 wha
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -38,6 +37,7 @@ import anyio  # noqa: E402
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench.report import Target, report  # noqa: E402
 from bench.store import F32, clustered, p50_ms, recall_hits, records  # noqa: E402
 from store.http import HTTPStore  # noqa: E402
 from store.sqlite import SQLiteStore  # noqa: E402
@@ -199,13 +199,6 @@ def measure_hnsw(data: F32, queries: F32, result: SizeResult) -> None:
 # -- report ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Target:
-    label: str
-    at: int | None  # the size the target is stated for (None: every size)
-    check: Callable[[dict[str, float]], tuple[str, str, bool | None]]
-
-
 def targets() -> list[Target]:
     def search_at(limit: float, recall: float) -> Callable[..., tuple[str, str, bool | None]]:
         def check(f: dict[str, float]) -> tuple[str, str, bool | None]:
@@ -269,26 +262,8 @@ def targets() -> list[Target]:
     ]
 
 
-def report(results: list[SizeResult]) -> None:
-    verdicts = {True: "met", False: "MISSED", None: "—"}
-    for result in results:
-        print(f"\n== N = {result.n:,} ==")
-        print(f"{'figure':46} {'measured':52} {'target':30} verdict")
-        chosen: dict[str, Target] = {}
-        for target in targets():  # per figure: its target at this size, else the first stated
-            if target.label not in chosen or target.at == result.n:
-                chosen[target.label] = target
-        for target in chosen.values():
-            try:
-                shown, goal, ok = target.check(result.figures)
-            except KeyError:
-                continue
-            if target.at is not None and target.at != result.n:
-                goal = f"({goal} at {target.at:,})"
-                ok = None
-            print(f"{target.label:46} {shown:52} {goal:30} {verdicts[ok]}")
-        extra = {k: round(v, 3) for k, v in result.figures.items()}
-        print(f"raw figures: {json.dumps(extra)}")
+def print_report(results: list[SizeResult]) -> None:
+    report(results, targets())
 
 
 # -- main -----------------------------------------------------------------------------------------
@@ -313,7 +288,7 @@ def run(sizes: list[int], queries_n: int, ann_min_rows: int, workdir: Path) -> l
         print("   peer: faiss HNSW", flush=True)
         measure_hnsw(data, queries, result)
         results.append(result)
-        report([result])
+        print_report([result])
         del data
     return results
 
@@ -341,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="satchel-bench-") as tmp:
             results = run(sizes, args.queries, args.ann_min_rows, Path(tmp))
     print("\n== summary ==")
-    report(results)
+    print_report(results)
     return 0
 
 

@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import Target, report  # noqa: E402
 from store.base import Record  # noqa: E402
 from store.sqlite import SQLiteStore  # noqa: E402
 
@@ -289,13 +290,6 @@ def peak_rss_mb() -> float:
 # -- report ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Target:
-    label: str
-    at: int | None  # the size the target is stated for (None: every size)
-    check: Callable[[dict[str, float]], tuple[str, str, bool | None]]
-
-
 def _fmt(value: float | None, unit: str) -> str:
     return "n/a" if value is None else f"{value:,.1f} {unit}".strip()
 
@@ -364,22 +358,8 @@ def targets() -> list[Target]:
     ]
 
 
-def report(results: list[SizeResult]) -> None:
-    verdicts = {True: "met", False: "MISSED", None: "—"}
-    for result in results:
-        print(f"\n== N = {result.n:,} ==")
-        print(f"{'figure':40} {'measured':48} {'target':28} verdict")
-        for target in targets():
-            try:
-                shown, goal, ok = target.check(result.figures)
-            except KeyError:
-                continue
-            if target.at is not None and target.at != result.n:
-                goal = f"({goal} at {target.at:,})"
-                ok = None
-            print(f"{target.label:40} {shown:48} {goal:28} {verdicts[ok]}")
-        extra = {k: round(v, 3) for k, v in result.figures.items()}
-        print(f"raw figures: {json.dumps(extra)}")
+def print_report(results: list[SizeResult]) -> None:
+    report(results, targets(), widths=(40, 48, 28))
 
 
 # -- main -----------------------------------------------------------------------------------------
@@ -412,7 +392,7 @@ def run(sizes: list[int], dim: int, queries_n: int, workdir: Path) -> list[SizeR
             measure_naive(path, dim, queries, result, repeat=5)
             measure_sqlite_vec(directory, data, queries, result)
         results.append(result)
-        report([result])
+        print_report([result])
         del data
     return results
 
@@ -441,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="satchel-bench-") as tmp:
             results = run(args.sizes, args.dim, args.queries, Path(tmp))
     print("\n== summary ==")
-    report(results)
+    print_report(results)
     return 0
 
 

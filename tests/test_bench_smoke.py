@@ -86,3 +86,18 @@ def test_lance_benchmark_smoke_run() -> None:
         assert figure in report
     assert '"failed_during_build": 0' in report  # searches stayed available
     print(report)
+
+
+def test_migrate_benchmark_smoke_run() -> None:
+    output = run_bench("bench/migrate.py", "--smoke")
+    report = output.split("== summary ==")[1]
+    for figure in (
+        "copy rate through the sidecar",
+        "start -> cutover",
+        "longest write pause",
+        "search p95 during the migration",
+        "verification",
+    ):
+        assert figure in report
+    assert "LanceDB holds every row: True" in report  # the writer's rows too, once
+    print(report)

@@ -24,6 +24,7 @@ from typing import Any
 import anyio
 import httpx
 import numpy as np
+import pytest
 
 from store.lance import LanceStore
 from tests.daemon.daemon_proc import DaemonProcess
@@ -154,6 +155,7 @@ def post(daemon: DaemonProcess, path: str, body: dict[str, Any] | None = None) -
     raise AssertionError(f"POST {path} kept failing:\n{daemon.logs()[-4000:]}")
 
 
+@pytest.mark.timeout(300 + 30 * KILLS)  # about 8 s a kill pair, and the last migration
 def test_kill_9_of_daemon_and_sidecar_across_the_migration_loses_and_doubles_nothing(
     tmp_path: Path,
 ) -> None:
