@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 import anyio
+from anyio.streams.memory import MemoryObjectSendStream
 
 from store.base import (
     IndexStatus,
@@ -397,16 +398,33 @@ class Migrator:
         started, rows = time.perf_counter(), 0
         for name, progress in self.state.tables.items():
             await self._ensure_table(name, progress.dim)
-            while not progress.done:
-                batch = await self.source.records_after(name, progress.after, self.settings.batch)
-                if batch:
-                    await self.target.insert(name, batch)
-                    progress.after = batch[-1].id
-                    progress.copied += len(batch)
-                    rows += len(batch)
-                    self.state.rate = rows / max(time.perf_counter() - started, 1e-9)
-                progress.done = len(batch) < self.settings.batch
-                await self._save()
+            if progress.done:
+                continue
+            # The next batch is read from SQLite while the target stores this one.
+            send, receive = anyio.create_memory_object_stream[list[Record]](1)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._read_ahead, name, progress.after, send)
+                async with receive:
+                    async for batch in receive:
+                        if batch:
+                            await self.target.insert(name, batch)
+                            progress.after = batch[-1].id
+                            progress.copied += len(batch)
+                            rows += len(batch)
+                            self.state.rate = rows / max(time.perf_counter() - started, 1e-9)
+                        progress.done = len(batch) < self.settings.batch
+                        await self._save()  # the checkpoint: the last id the target holds
+
+    async def _read_ahead(
+        self, name: str, after: str | None, send: MemoryObjectSendStream[list[Record]]
+    ) -> None:
+        async with send:
+            while True:
+                batch = await self.source.records_after(name, after, self.settings.batch)
+                await send.send(batch)
+                if len(batch) < self.settings.batch:
+                    return
+                after = batch[-1].id
 
     async def _catch_up(self) -> int:
         """Replay the change log up to its end as it is now (a busy writer cannot keep this

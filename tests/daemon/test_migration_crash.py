@@ -160,7 +160,12 @@ def test_kill_9_of_daemon_and_sidecar_across_the_migration_loses_and_doubles_not
     tmp_path: Path,
 ) -> None:
     rng = random.Random(20261124)
-    daemon = DaemonProcess(tmp_path / "home", config(migration_batch=100))
+    # The sidecar is killed on purpose here: the supervisor must not give up on it.
+    settings = config(migration_batch=100).replace(
+        "[supervisor]\n", "[supervisor]\ndegraded_after_crashes = 1000\n"
+    )
+    assert "degraded_after_crashes = 1000" in settings
+    daemon = DaemonProcess(tmp_path / "home", settings)
     expected = {f"r{i:05d}": 0 for i in range(SEED_ROWS)}
     writer = Writer(daemon.socket, expected, seed=7)
     kills: collections.Counter[tuple[str, str]] = collections.Counter()
