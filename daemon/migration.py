@@ -78,9 +78,14 @@ async def open_store(
         live = state is not None and not state.rolled_back
         if backend == "sqlite" and live:
             assert state is not None
+            where = (
+                f"this data was moved to LanceDB ({_when(state.cutover_at)})"
+                if state.phase == "done"
+                else f"a migration to LanceDB is under way (phase {state.phase})"
+            )
             raise StoreUnavailable(
-                f'backend = "sqlite", but this data was moved to LanceDB ({_migrated(state)}): '
-                'set backend = "auto" (and run `satchel migrate --rollback` to go back to SQLite)'
+                f'backend = "sqlite", but {where}: set backend = "auto" '
+                "(and run `satchel migrate --rollback` to stay on SQLite)"
             )
         if backend == "sqlite":
             yield sqlite, None
@@ -105,10 +110,6 @@ async def open_store(
             yield migrations.router, migrations
 
 
-def _migrated(state: MigrationState) -> str:
-    return "migration under way" if state.phase != "done" else f"migrated {_when(state.cutover_at)}"
-
-
 class Conflict(RuntimeError):  # noqa: N818 - reads as a fact
     """The migration cannot do that now (one is running, or there is nothing to roll back)."""
 
@@ -126,7 +127,7 @@ class Migrations:
         self._migrator: Migrator | None = None  # the running migration's, for its progress
         self._sidecar: contextlib.AsyncExitStack | None = None
         self._latency: dict[str, deque[float]] = {}
-        self._request: tuple[str, anyio.Event] | None = None  # a start asked for, and its reason
+        self._request: str | None = None  # the reason of a migration asked for, until it ends
         self._wake = anyio.Event()
         self._scope: anyio.CancelScope | None = None  # the running migration's
         self._fired = False
@@ -170,7 +171,7 @@ class Migrations:
                 await self.sqlite.discard_records()  # a discard killed half-way
             _log.info("serving from LanceDB (migrated %s)", _when(state.cutover_at))
         elif state is not None:
-            self._request = (state.reason, anyio.Event())  # resumed by run()
+            self._request = state.reason  # resumed by run()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -227,7 +228,7 @@ class Migrations:
         self._fired = True
         self._latency.clear()
         _log.info("migration triggered: %s", reason)
-        self._request = (reason, anyio.Event())
+        self._request = reason
         self._wake.set()
 
     # -- the task ----------------------------------------------------------------------------
@@ -243,14 +244,12 @@ class Migrations:
                     await self._wake.wait()
                     self._wake = anyio.Event()
                     continue
-                reason, finished = self._request
                 with anyio.CancelScope() as self._scope:
-                    await self._migrate(reason)
+                    await self._migrate(self._request)
                 self._scope = None
                 self._request = None
-                finished.set()
                 self._wake = anyio.Event()
-                self._wake_discard()
+                self._discard_wake.set()  # a cutover starts the rollback window
 
     async def _watch_counts(self) -> None:
         if not self.automatic:
@@ -317,7 +316,7 @@ class Migrations:
         self._fired = True
         reason = "started by hand"
         await self._record(reason)  # before the 202: a crash now still resumes it
-        self._request = (reason, anyio.Event())
+        self._request = reason
         self._wake.set()
         return self.report()
 
@@ -403,9 +402,6 @@ class Migrations:
         if self.config.retrieval.keep_sqlite or state.cutover_at is None:
             return None  # no end: SQLite's copy is kept
         return state.cutover_at + self.config.retrieval.rollback_days * _DAY
-
-    def _wake_discard(self) -> None:
-        self._discard_wake.set()
 
     async def _discard_when_due(self) -> None:
         while True:
