@@ -9,6 +9,8 @@ It holds what Satchel knows about its inputs rather than the vectors themselves:
 - ``vector_tables``: which embedding model (and dimension) made each vector table, so vectors
   of two models never mix in one table.
 - ``jobs``: the durable ingest queue (see `ingest.queue`, which owns its rows).
+- ``feeds`` and ``feed_entries``: subscriptions, their polling state, and which entries each
+  has delivered (see `ingest.feedlist`, which owns their rows).
 
 `Catalog` owns the connections to the file. Reads go through `Catalog.conn` (aiosqlite);
 writes are plain functions of a `sqlite3.Connection` that `Catalog.write()` runs as one
@@ -77,6 +79,38 @@ MIGRATIONS: Final[tuple[sqlitedb.Migration, ...]] = (
         );
         CREATE INDEX jobs_ready ON jobs (state, id);
         CREATE INDEX jobs_source ON jobs (source_id, state)
+        """,
+    ),
+    (
+        "0002_feeds",
+        """
+        CREATE TABLE feeds (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            url TEXT NOT NULL UNIQUE,
+            title TEXT,
+            site_url TEXT,
+            etag TEXT,
+            last_modified TEXT,
+            next_check REAL NOT NULL,
+            interval_s REAL,
+            full_text INTEGER,
+            consecutive_errors INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            last_checked REAL,
+            last_success REAL,
+            entry_count INTEGER NOT NULL DEFAULT 0,
+            disabled INTEGER NOT NULL DEFAULT 0,
+            added_at REAL NOT NULL
+        );
+        CREATE INDEX feeds_due ON feeds (disabled, next_check);
+        CREATE TABLE feed_entries (
+            feed_id INTEGER NOT NULL,
+            key TEXT NOT NULL,
+            source_id TEXT NOT NULL,
+            content_hash TEXT NOT NULL,
+            seen_at REAL NOT NULL,
+            PRIMARY KEY (feed_id, key)
+        ) WITHOUT ROWID
         """,
     ),
 )

@@ -21,8 +21,10 @@ network failed; worth retrying later).
 
 from __future__ import annotations
 
+import email.utils
 import ipaddress
 import socket
+import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -34,7 +36,7 @@ import httpx
 
 from ingest.errors import PermanentError, TransientError
 
-__all__ = ["Blocked", "FetchError", "FetchFailed", "FetchSettings", "Fetched", "fetch"]
+__all__ = ["Blocked", "FetchError", "FetchFailed", "FetchSettings", "Fetched", "Fetcher", "fetch"]
 
 PROJECT_URL: Final = "https://github.com/satchel-dev/satchel"
 _STEP: Final = 64 * 1024  # decompressed bytes produced per step
@@ -49,7 +51,18 @@ class Blocked(FetchError, PermanentError):  # noqa: N818 - reads as a fact
 
 
 class FetchFailed(FetchError, TransientError):  # noqa: N818
-    """The server or the network failed (status >= 400, timeout, connection)."""
+    """The server or the network failed (status >= 400, timeout, connection).
+
+    `status` is the HTTP status when the server answered; `retry_after` the seconds its
+    ``Retry-After`` asked for (429, 503), if any.
+    """
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,55 +203,101 @@ class _GuardedTransport(httpx.AsyncHTTPTransport):
         )
 
 
+class Fetcher:
+    """One HTTP client for many fetches under the same `settings` (connections and the TLS
+    context are shared: a feed cycle pays for them once). ``async with Fetcher(s) as f``."""
+
+    def __init__(self, settings: FetchSettings | None = None) -> None:
+        self.settings = settings = settings or FetchSettings()
+        self._client = httpx.AsyncClient(
+            transport=_GuardedTransport(settings),
+            follow_redirects=True,
+            max_redirects=settings.max_redirects,
+            timeout=httpx.Timeout(settings.timeout),
+            headers={
+                "User-Agent": settings.user_agent,
+                "Accept": settings.accept,
+                "Accept-Encoding": "gzip, deflate",
+            },
+        )
+
+    async def __aenter__(self) -> Fetcher:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connections."""
+        await self._client.aclose()
+
+    async def get(self, url: str, headers: dict[str, str] | None = None) -> Fetched:
+        """GET `url` under the guards of the module docstring, with extra request `headers`
+        (``If-None-Match``, say). A 304 comes back as a `Fetched` with an empty body."""
+        settings = self.settings
+        try:
+            scheme = httpx.URL(url).scheme if "://" in url else ""
+        except httpx.InvalidURL as exc:
+            raise Blocked(f"{url}: not a valid URL ({exc})") from None
+        if scheme not in ("http", "https"):
+            raise Blocked(f"{url}: only http and https URLs are fetched")
+        try:
+            # One deadline for the whole fetch: httpx's timeout is per read, and a server that
+            # trickles a byte at a time would hold a poll for hours.
+            with anyio.fail_after(settings.timeout):
+                async with self._client.stream("GET", url, headers=headers) as response:
+                    if response.status_code >= 400:
+                        raise FetchFailed(
+                            f"{url}: the server answered {response.status_code}",
+                            status=response.status_code,
+                            retry_after=retry_after(response.headers.get("retry-after")),
+                        )
+                    body = b""
+                    if response.status_code != 304:
+                        body = await _read_capped(response, settings.max_bytes, url)
+                    return Fetched(
+                        url=str(response.url),
+                        status=response.status_code,
+                        content_type=response.headers.get("content-type", ""),
+                        body=body,
+                        headers=dict(response.headers),
+                    )
+        except _Refused as exc:
+            raise Blocked(f"{url}: {exc}") from None
+        except httpx.TooManyRedirects:
+            raise Blocked(f"{url}: more than {settings.max_redirects} redirects") from None
+        except httpx.UnsupportedProtocol as exc:
+            raise Blocked(f"{url}: a redirect to an unsupported URL ({exc})") from None
+        except httpx.InvalidURL as exc:
+            raise Blocked(f"{url}: not a valid URL ({exc})") from None
+        except (httpx.TimeoutException, TimeoutError):
+            raise FetchFailed(f"{url}: not fetched within {settings.timeout:g} s") from None
+        except httpx.HTTPError as exc:
+            if isinstance(exc.__context__, _Refused) or isinstance(exc.__cause__, _Refused):
+                raise Blocked(f"{url}: {exc.__cause__ or exc.__context__}") from None
+            raise FetchFailed(f"{url}: {exc}") from None
+
+
 async def fetch(url: str, settings: FetchSettings | None = None) -> Fetched:
-    """GET `url` under the guards of the module docstring."""
-    settings = settings or FetchSettings()
+    """GET `url` once, with a client of its own (`Fetcher` shares one between fetches)."""
+    async with Fetcher(settings) as fetcher:
+        return await fetcher.get(url)
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), if it says any."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
     try:
-        scheme = httpx.URL(url).scheme if "://" in url else ""
-    except httpx.InvalidURL as exc:
-        raise Blocked(f"{url}: not a valid URL ({exc})") from None
-    if scheme not in ("http", "https"):
-        raise Blocked(f"{url}: only http and https URLs are fetched")
-    client = httpx.AsyncClient(
-        transport=_GuardedTransport(settings),
-        follow_redirects=True,
-        max_redirects=settings.max_redirects,
-        timeout=httpx.Timeout(settings.timeout),
-        headers={
-            "User-Agent": settings.user_agent,
-            "Accept": settings.accept,
-            "Accept-Encoding": "gzip, deflate",
-        },
-    )
-    try:
-        # One deadline for the whole fetch: httpx's timeout is per read, and a server that
-        # trickles a byte at a time would hold a poll for hours.
-        with anyio.fail_after(settings.timeout):
-            async with client, client.stream("GET", url) as response:
-                if response.status_code >= 400:
-                    raise FetchFailed(f"{url}: the server answered {response.status_code}")
-                body = await _read_capped(response, settings.max_bytes, url)
-                return Fetched(
-                    url=str(response.url),
-                    status=response.status_code,
-                    content_type=response.headers.get("content-type", ""),
-                    body=body,
-                    headers=dict(response.headers),
-                )
-    except _Refused as exc:
-        raise Blocked(f"{url}: {exc}") from None
-    except httpx.TooManyRedirects:
-        raise Blocked(f"{url}: more than {settings.max_redirects} redirects") from None
-    except httpx.UnsupportedProtocol as exc:
-        raise Blocked(f"{url}: a redirect to an unsupported URL ({exc})") from None
-    except httpx.InvalidURL as exc:
-        raise Blocked(f"{url}: not a valid URL ({exc})") from None
-    except (httpx.TimeoutException, TimeoutError):
-        raise FetchFailed(f"{url}: not fetched within {settings.timeout:g} s") from None
-    except httpx.HTTPError as exc:
-        if isinstance(exc.__context__, _Refused) or isinstance(exc.__cause__, _Refused):
-            raise Blocked(f"{url}: {exc.__cause__ or exc.__context__}") from None
-        raise FetchFailed(f"{url}: {exc}") from None
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        return None
+    return max(0.0, moment.timestamp() - time.time())
 
 
 async def _read_capped(response: httpx.Response, max_bytes: int, url: str) -> bytes:
