@@ -4,4 +4,8 @@ import sys
 
 from daemon.cli import main
 
-sys.exit(main())
+# Guarded: worker processes (anyio.to_process) load the parent's main module again, as
+# __mp_main__; unguarded, each would run the CLI and die, and extraction and feed parsing would
+# be left without their processes.
+if __name__ == "__main__":
+    sys.exit(main())

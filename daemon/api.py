@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -22,13 +22,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from daemon import __version__
 from daemon.config import Config
 from daemon.core import Conflict, NotFound, NotReady, Satchel
+from daemon.feeds import Feeds, fetch_settings
 from daemon.schema import OPENAPI, InvalidRequest, request_schema, validate
 from ingest.documents import Document
 from ingest.errors import IngestError, PermanentError, TransientError
-from ingest.fetch import PROJECT_URL, FetchFailed, FetchSettings, fetch
+from ingest.feedlist import NotSubscribed
+from ingest.fetch import FetchFailed, fetch
+from ingest.opml import Subscription
 from store import StoreError, UnknownTable
 
 __all__ = ["MAX_JSON_BODY", "create_app"]
@@ -139,6 +141,43 @@ def create_app(satchel: Satchel) -> Starlette:
     async def rollback(request: Request) -> Response:
         return JSONResponse(await satchel.rollback())
 
+    def feeds() -> Feeds:
+        if satchel.feeds is None:
+            raise NotReady("feeds are not running in this daemon")
+        return satchel.feeds
+
+    async def feed_list(request: Request) -> Response:
+        if request.method == "GET":
+            return JSONResponse({"feeds": await feeds().all()})
+        if request.method == "DELETE":
+            url = request.query_params.get("url")
+            if not url:
+                raise InvalidRequest("url: required (the feed's URL)")
+            purge = request.query_params.get("purge", "false").lower()
+            if purge not in ("true", "false"):
+                raise InvalidRequest(f"purge: expected true or false, got {purge!r:.20}")
+            return JSONResponse(await feeds().remove(url, purge=purge == "true"))
+        body = await _json_body(request, "/feeds")
+        added = await feeds().add(
+            body["url"],
+            title=body.get("title"),
+            full_text=body.get("full_text"),
+            discover=body.get("discover", True),
+        )
+        return JSONResponse(asdict(added), status_code=201 if added.added else 200)
+
+    async def feed_import(request: Request) -> Response:
+        body = await _json_body(request, "/feeds/import")
+        subs = [Subscription(item["url"], item.get("title")) for item in body["feeds"]]
+        return JSONResponse(await feeds().import_(subs))
+
+    async def feed_refresh(request: Request) -> Response:
+        body = await _json_body(request, "/feeds/refresh")
+        return JSONResponse({"results": await feeds().refresh(body.get("url"))})
+
+    async def feed_export(request: Request) -> Response:
+        return Response(await feeds().opml(), media_type="text/x-opml")
+
     routes = [
         Route("/health", _guard(health), methods=["GET"]),
         Route("/status", _guard(status), methods=["GET"]),
@@ -154,6 +193,10 @@ def create_app(satchel: Satchel) -> Starlette:
         Route("/import", _guard(import_), methods=["POST"]),
         Route("/migration", _guard(migration), methods=["GET", "POST"]),
         Route("/migration/rollback", _guard(rollback), methods=["POST"]),
+        Route("/feeds", _guard(feed_list), methods=["GET", "POST", "DELETE"]),
+        Route("/feeds/import", _guard(feed_import), methods=["POST"]),
+        Route("/feeds/refresh", _guard(feed_refresh), methods=["POST"]),
+        Route("/feeds/export", _guard(feed_export), methods=["GET"]),
     ]
     return Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
 
@@ -170,7 +213,7 @@ def _guard(handler: Handler) -> Handler:
             if isinstance(exc, UnknownTable):
                 return _error(404, str(exc))
             return _error(400, str(exc))
-        except (NotFound, UnknownTable) as exc:
+        except (NotFound, UnknownTable, NotSubscribed) as exc:
             return _error(404, str(exc).strip("'\""))
         except (NotReady, TransientError) as exc:
             return _error(503, str(exc))
@@ -237,13 +280,9 @@ async def _lines(request: Request) -> AsyncIterator[bytes]:
 
 async def _fetched(body: dict[str, Any], config: Config) -> dict[str, Any]:
     """`body` with the content of its url, fetched through the guarded fetcher."""
-    feeds = config.feeds
-    settings = FetchSettings(
-        timeout=feeds.timeout_seconds,
-        max_bytes=min(feeds.max_bytes, config.ingest.max_document_bytes),
-        allowed_hosts=tuple(feeds.allowed_hosts),
-        user_agent=f"Satchel/{__version__} (+{PROJECT_URL})",
-    )
+    settings = fetch_settings(config)
+    limit = min(settings.max_bytes, config.ingest.max_document_bytes)
+    settings = replace(settings, max_bytes=limit)
     page = await fetch(body["url"], settings)
     kind = page.content_type.split(";")[0].strip().lower()
     if kind not in ("text/html", "application/xhtml+xml", "text/plain", "text/markdown", ""):

@@ -22,21 +22,11 @@ from urllib.parse import quote
 
 import httpx
 
-from daemon import __version__
+from daemon import __version__, cli_feeds
+from daemon.client import Client, CLIError, bar, duration, progress
 from daemon.config import Config, ConfigError, load_config, usable_socket_path
 
 __all__ = ["build_parser", "main"]
-
-NOT_RUNNING = 3
-
-
-class CLIError(Exception):
-    """A failure to report in one line, with the exit status to use."""
-
-    def __init__(self, message: str, status: int = 1) -> None:
-        super().__init__(message)
-        self.status = status
-
 
 # -- the parser -------------------------------------------------------------------------------
 
@@ -101,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.add_argument("--json", action="store_true", help="print the raw JSON")
 
+    cli_feeds.add_parser(commands)
+
     commands.add_parser("doctor", help="check the installation and say how to fix problems")
 
     service = commands.add_parser("service", help="the login service (launchd / systemd)")
@@ -131,60 +123,6 @@ def _fail(message: str, status: int) -> int:
     return status
 
 
-# -- talking to the daemon --------------------------------------------------------------------
-
-
-class _Client:
-    """The daemon's API over its socket, with errors turned into `CLIError`s."""
-
-    def __init__(self, config: Config, timeout: float = 60.0) -> None:
-        self.socket = usable_socket_path(config.paths)
-        self._http = httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(self.socket)),
-            base_url="http://satchel",
-            timeout=timeout,
-        )
-
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except (httpx.ConnectError, FileNotFoundError) as exc:
-            raise self._not_running() from exc
-        except httpx.HTTPError as exc:
-            raise CLIError(f"talking to the daemon at {self.socket}: {exc}") from exc
-        return _checked(response)
-
-    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[bytes]:
-        try:
-            with self._http.stream(method, path, **kwargs) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    _checked(response)
-                yield from response.iter_bytes()
-        except (httpx.ConnectError, FileNotFoundError) as exc:
-            raise self._not_running() from exc
-        except httpx.HTTPError as exc:
-            raise CLIError(f"the daemon's answer broke off: {exc}") from exc
-
-    def _not_running(self) -> CLIError:
-        return CLIError(
-            f"the daemon is not running (nothing answers on {self.socket}). Start it with "
-            "`satchel run`, or install the login service with `satchel service install`.",
-            NOT_RUNNING,
-        )
-
-
-def _checked(response: httpx.Response) -> Any:
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if response.status_code >= 400:
-        message = body.get("error") if isinstance(body, dict) else response.text[:200]
-        raise CLIError(f"{message} (HTTP {response.status_code})")
-    return body
-
-
 # -- the commands -----------------------------------------------------------------------------
 
 
@@ -213,7 +151,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:
-    status = _Client(config).request("GET", "/status")
+    status = Client(config).request("GET", "/status")
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
@@ -221,7 +159,7 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     queue = status["queue"]
     latency = status["search_latency"]
     lines = [
-        f"Satchel {status['version']}, up {_duration(status['uptime_seconds'])}, "
+        f"Satchel {status['version']}, up {duration(status['uptime_seconds'])}, "
         f"backend {status['backend']}",
         f"embedder: {embedder['provider']} {embedder['model'] or ''} ({embedder['state']})",
     ]
@@ -230,7 +168,7 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     detail = embedder.get("detail") or {}
     if detail.get("pull_total"):
         done = detail.get("pull_completed") or 0
-        lines.append(f"  pulling {detail.get('model')}: {_bar(done, detail['pull_total'])}")
+        lines.append(f"  pulling {detail.get('model')}: {bar(done, detail['pull_total'])}")
     sidecar = status.get("sidecar")
     if sidecar:
         runner = "run by the daemon" if sidecar["managed"] else "run by someone else"
@@ -255,7 +193,7 @@ def _status(config: Config, args: argparse.Namespace) -> int:
         f"{queue['failed']} failed, {queue['done']} done"
     )
     if queue.get("oldest_pending_age") is not None:
-        lines.append(f"  oldest pending: {_duration(queue['oldest_pending_age'])}")
+        lines.append(f"  oldest pending: {duration(queue['oldest_pending_age'])}")
     if queue.get("waiting_reason"):
         lines.append(f"  waiting: {queue['waiting_reason']}")
     if queue.get("last_error"):
@@ -267,6 +205,14 @@ def _status(config: Config, args: argparse.Namespace) -> int:
         )
     if status.get("migration"):
         lines.extend(_migration_lines(status["migration"]))
+    feeds = status.get("feeds")
+    if feeds and feeds["count"]:
+        lines.append(f"feeds: {feeds['count']} subscribed, {feeds['failing']} failing")
+        for failing in feeds["errors"]:
+            lines.append(
+                f"  {failing['url']}: {failing['consecutive_errors']} errors in a row: "
+                f"{failing['error']}"
+            )
     for child in status["children"]:
         lines.append(
             f"child {child['name']}: {child['state']} (pid {child['pid']}, "
@@ -277,7 +223,7 @@ def _status(config: Config, args: argparse.Namespace) -> int:
 
 
 def _migrate(config: Config, args: argparse.Namespace) -> int:
-    client = _Client(config)
+    client = Client(config)
     if args.status or args.rollback or args.dry_run:
         if args.status:
             answer = client.request("GET", "/migration")
@@ -298,13 +244,13 @@ def _migrate(config: Config, args: argparse.Namespace) -> int:
         return 0
     try:
         while answer["running"]:
-            _progress(_migration_lines(answer)[0].ljust(100))
+            progress(_migration_lines(answer)[0].ljust(100))
             time.sleep(0.5)
             answer = client.request("GET", "/migration")
     except KeyboardInterrupt:
         print("\nthe migration goes on in the daemon: `satchel migrate --status`", file=sys.stderr)
         return 130
-    _progress("\n")
+    progress("\n")
     print("\n".join(_migration_lines(answer)))
     return 0 if answer["phase"] == "done" else 1
 
@@ -331,10 +277,10 @@ def _migration_lines(m: dict[str, Any]) -> list[str]:
         return [f"migration: none yet ({auto}); serving from {m['serving']}"]
     line = f"migration: {m['phase']}"
     if m["phase"] == "copy":
-        line += f" {_bar(m['copied'], m['total'])} {m['copied']:,} of {m['total']:,} rows"
+        line += f" {bar(m['copied'], m['total'])} {m['copied']:,} of {m['total']:,} rows"
         line += f", {m['rate']:,.0f} rows/s"
         if m["eta_s"] is not None:
-            line += f", ETA {_duration(m['eta_s'])}"
+            line += f", ETA {duration(m['eta_s'])}"
     lines = [line, f"  why: {m['reason']}; serving from {m['serving']}"]
     if m["waiting"]:
         lines.append(f"  waiting: {m['waiting']}")
@@ -365,7 +311,7 @@ def _search(config: Config, args: argparse.Namespace) -> int:
         body["filter"] = args.filter
     if args.table:
         body["table"] = args.table
-    found = _Client(config).request("POST", "/search", json=body)
+    found = Client(config).request("POST", "/search", json=body)
     if args.json:
         print(json.dumps(found, indent=2))
         return 0
@@ -405,13 +351,13 @@ def _add(config: Config, args: argparse.Namespace) -> int:
         body["title"] = args.title
     if "content" in body and not body["content"].strip():
         raise CLIError(f"{args.source}: empty; nothing to add")
-    answer = _Client(config).request("POST", "/documents", json=body)
+    answer = Client(config).request("POST", "/documents", json=body)
     print(f"queued {answer['source_id']} as job {answer['job_id']}")
     return 0
 
 
 def _sources(config: Config, args: argparse.Namespace) -> int:
-    client = _Client(config)
+    client = Client(config)
     if args.sources_command == "rm":
         answer = client.request("DELETE", f"/sources/{quote(args.source_id, safe='')}")
         print(f"removed {answer['deleted']} and its {answer['chunks']} chunks")
@@ -435,7 +381,7 @@ def _sources(config: Config, args: argparse.Namespace) -> int:
 
 def _export(config: Config, args: argparse.Namespace) -> int:
     params = {"table": args.table} if args.table else {}
-    client = _Client(config, timeout=600)
+    client = Client(config, timeout=600)
     if str(args.file) == "-":
         for chunk in client.stream("GET", "/export", params=params):
             sys.stdout.buffer.write(chunk)
@@ -449,7 +395,7 @@ def _export(config: Config, args: argparse.Namespace) -> int:
             for chunk in client.stream("GET", "/export", params=params):
                 out.write(chunk)
                 lines += chunk.count(b"\n")
-                _progress(f"exported {max(0, lines - 1):,} records")
+                progress(f"exported {max(0, lines - 1):,} records")
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
@@ -470,11 +416,11 @@ def _import(config: Config, args: argparse.Namespace) -> int:
         with handle:
             while block := handle.read(1 << 20):
                 sent += len(block)
-                _progress(f"importing {_bar(sent, size)}")
+                progress(f"importing {bar(sent, size)}")
                 yield block
 
     params = {"table": args.table} if args.table else {}
-    answer = _Client(config, timeout=3600).request(
+    answer = Client(config, timeout=3600).request(
         "POST",
         "/import",
         content=chunks(),
@@ -520,7 +466,7 @@ def _doctor(config: Config, args: argparse.Namespace) -> int:
     running = False
     if socket_path is not None:
         try:
-            status = _Client(config, timeout=5).request("GET", "/status")
+            status = Client(config, timeout=5).request("GET", "/status")
             running = True
             check(True, f"daemon: running, embedder {status['embedder']['provider']}")
             if status["embedder"].get("warning"):
@@ -573,6 +519,7 @@ def _service(config: Config, args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {
+    "feeds": cli_feeds.run,
     "run": _run,
     "status": _status,
     "search": _search,
@@ -587,26 +534,6 @@ _COMMANDS = {
 
 
 # -- output helpers ---------------------------------------------------------------------------
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
-
-
-def _bar(done: float, total: float, width: int = 30) -> str:
-    share = 0.0 if total <= 0 else min(1.0, done / total)
-    filled = int(share * width)
-    return f"[{'#' * filled}{'.' * (width - filled)}] {share:4.0%}"
-
-
-def _progress(text: str) -> None:
-    if sys.stderr.isatty():
-        print(f"\r{text}", end="", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

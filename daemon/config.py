@@ -203,6 +203,10 @@ class FeedsConfig:
     """[feeds]: polling RSS/Atom feeds."""
 
     interval_minutes: int = field(default=60, metadata=_rule(ge=1))
+    max_interval_minutes: int = field(
+        default=1440, metadata=_rule(ge=1, at_least="interval_minutes")
+    )
+    per_host: int = field(default=2, metadata=_rule(ge=1, le=16))
     timeout_seconds: float = field(default=20.0, metadata=_POSITIVE)
     max_bytes: int = field(default=15 * 1024 * 1024, metadata=_rule(ge=1))
     full_text: bool = False

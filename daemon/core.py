@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from daemon import __version__
 from daemon.config import Config
+from daemon.feeds import Feeds
 from daemon.migration import Conflict, Migrations
 from ingest.catalog import Catalog
 from ingest.documents import Document
@@ -120,6 +121,7 @@ class Satchel:
         *,
         children: Callable[[], list[dict[str, Any]]] = list,
         migrations: Migrations | None = None,
+        feeds: Feeds | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -131,6 +133,7 @@ class Satchel:
         self._children = children
         self._latency = _Latency(config.retrieval.latency_window)
         self.migrations = migrations
+        self.feeds = feeds
 
     # -- search -------------------------------------------------------------------------------
 
@@ -340,6 +343,7 @@ class Satchel:
             "queue": asdict(queue),
             "search_latency": self._latency.report(),
             "migration": None if self.migrations is None else self.migrations.report(),
+            "feeds": None if self.feeds is None else await self.feeds.health(),
         }
 
 

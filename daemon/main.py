@@ -7,7 +7,7 @@
    daemon finding a healthy first one exits 0 saying so;
 2. starts the signal task first, so SIGTERM/SIGINT are ours from then on;
 3. opens the supervisor (reaping children an earlier crash left behind), the catalog and queue,
-   and the vector store;
+   the vector store, and the feed poller;
 4. binds the socket and serves the API: from here on the daemon is ready;
 5. in the background, chooses the embedder (Ollama, started on demand, or the built-in one) and
    starts the ingest workers.
@@ -40,12 +40,15 @@ import httpx
 from daemon.api import create_app
 from daemon.config import Config, usable_socket_path
 from daemon.core import EmbedderState, Satchel
+from daemon.feeds import Feeds, fetch_settings
 from daemon.migration import open_store
 from daemon.ollama import OllamaError, OllamaManager, OllamaUnavailable
 from daemon.server import UnixServer, bind_socket
 from daemon.supervisor import Supervisor, SupervisorSettings
 from ingest.catalog import Catalog
 from ingest.embed import Embedder, HashEmbedder, OllamaEmbedder, OpenAIEmbedder, Prefixes
+from ingest.feedlist import FeedList
+from ingest.fetch import Fetcher
 from ingest.pipeline import Pipeline, PipelineSettings
 from ingest.queue import Queue, QueueSettings
 from store import SQLiteStore
@@ -279,6 +282,7 @@ async def run(config: Config) -> int:
             async with (
                 Catalog(data / "satchel.db") as catalog,
                 open_store(config, supervisor) as (store, migrations),
+                Fetcher(fetch_settings(config)) as fetcher,
             ):
                 ingest = config.ingest
                 queue = Queue(
@@ -297,6 +301,9 @@ async def run(config: Config) -> int:
                     queue,
                     children=lambda: [asdict(child) for child in supervisor.status()],
                     migrations=migrations,
+                )
+                feeds = satchel.feeds = Feeds(
+                    config, FeedList(catalog), queue, fetcher, satchel.delete_source
                 )
                 server = UnixServer(
                     create_app(satchel),
@@ -335,6 +342,15 @@ async def run(config: Config) -> int:
                             _log.exception("could not preload %s", config.retrieval.table)
 
                     work.start_soon(ingest_then_signal)
+                    # The feed poller is a producer: it stops first at shutdown (a poll cut
+                    # short is redone; its entries are queued before the feed records them).
+                    polling = anyio.CancelScope()
+
+                    async def poll_feeds() -> None:
+                        with polling:
+                            await feeds.poller.run()
+
+                    work.start_soon(poll_feeds)
                     if migrations is not None:
                         work.start_soon(migrations.run)
                     sqlite = store.active if isinstance(store, RoutedStore) else store
@@ -348,6 +364,8 @@ async def run(config: Config) -> int:
                         await server.ready.wait()
                     _log.info("ready in %.2f s: API on %s", time.monotonic() - started, socket_path)
                     await stop.wait()
+                    _log.info("stopping the feed poller")
+                    polling.cancel()
                     await _shutdown(config, server, served, pipelines, ingesting)
                     work.cancel_scope.cancel()
                 _log.info("closing the stores")

@@ -107,6 +107,77 @@ _SOURCE: Final = {
 }
 
 
+_FEED: Final = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "integer"},
+        "url": {"type": "string"},
+        "title": {"type": ["string", "null"]},
+        "site_url": {"type": ["string", "null"]},
+        "health": {"type": "string", "enum": ["new", "ok", "failing", "backing off", "disabled"]},
+        "interval_minutes": {"type": "number"},
+        "full_text": {"type": "boolean"},
+        "next_check": {"type": ["string", "null"]},
+        "last_checked": {"type": ["string", "null"]},
+        "last_success": {"type": ["string", "null"]},
+        "consecutive_errors": {"type": "integer"},
+        "last_error": {"type": ["string", "null"]},
+        "entry_count": {"type": "integer"},
+        "disabled": {"type": "boolean"},
+    },
+    "required": ["id", "url", "health", "consecutive_errors", "entry_count"],
+}
+_FEED_URL: Final = {"type": "string", "minLength": 1, "maxLength": 2000}
+_FEED_ADD: Final = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["url"],
+    "properties": {
+        "url": _FEED_URL,
+        "title": {"type": "string", "maxLength": 4096},
+        "full_text": {"type": "boolean"},
+        "discover": {"type": "boolean"},
+    },
+}
+_FEED_ADDED: Final = {
+    "type": "object",
+    "properties": {
+        "feed": _FEED,
+        "added": {"type": "boolean"},
+        "discovered": {"type": "array", "items": {"type": "object"}},
+    },
+    "required": ["feed", "added", "discovered"],
+}
+_FEED_IMPORT: Final = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["feeds"],
+    "properties": {
+        "feeds": {
+            "type": "array",
+            "maxItems": 1000,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["url"],
+                "properties": {"url": _FEED_URL, "title": {"type": "string", "maxLength": 4096}},
+            },
+        }
+    },
+}
+_POLL: Final = {
+    "type": "object",
+    "properties": {
+        "url": {"type": "string"},
+        "status": {"type": "string", "enum": ["changed", "unchanged", "not-modified", "error"]},
+        "entries": {"type": "integer"},
+        "queued": {"type": "integer"},
+        "error": {"type": ["string", "null"]},
+    },
+    "required": ["url", "status", "entries", "queued"],
+}
+
+
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
 
@@ -334,6 +405,121 @@ OPENAPI: Final[dict[str, Any]] = {
                 "responses": {
                     "200": _answer("Rolled back", {"type": "object"}),
                     "409": _answer("Nothing to roll back", _ERROR),
+                    **_ERRORS,
+                },
+            }
+        },
+        "/feeds": {
+            "get": {
+                "summary": "Every subscribed feed with its health",
+                "responses": {
+                    "200": _answer(
+                        "The feeds",
+                        {
+                            "type": "object",
+                            "properties": {"feeds": {"type": "array", "items": _FEED}},
+                            "required": ["feeds"],
+                        },
+                    ),
+                    **_ERRORS,
+                },
+            },
+            "post": {
+                "summary": "Subscribe to a feed; a page URL subscribes to the first feed it "
+                'announces with <link rel="alternate"> (discover: false skips fetching)',
+                "requestBody": {"required": True, **_json(_FEED_ADD)},
+                "responses": {
+                    "201": _answer("Subscribed", _FEED_ADDED),
+                    "200": _answer("Already subscribed", _FEED_ADDED),
+                    **_ERRORS,
+                },
+            },
+            "delete": {
+                "summary": "Unsubscribe; purge=true deletes the entries it delivered too",
+                "parameters": [
+                    {
+                        "name": "url",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 2000},
+                    },
+                    {"name": "purge", "in": "query", "schema": {"type": "boolean"}},
+                ],
+                "responses": {
+                    "200": _answer(
+                        "Unsubscribed",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "removed": {"type": "string"},
+                                "entries": {"type": "integer"},
+                                "purged_chunks": {"type": "integer"},
+                            },
+                            "required": ["removed", "entries", "purged_chunks"],
+                        },
+                    ),
+                    **_ERRORS,
+                },
+            },
+        },
+        "/feeds/import": {
+            "post": {
+                "summary": "Subscribe to many feeds at once (an OPML file's, read by the CLI); "
+                "nothing is fetched, duplicates are counted, bad URLs listed",
+                "requestBody": {"required": True, **_json(_FEED_IMPORT)},
+                "responses": {
+                    "200": _answer(
+                        "Imported",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "added": {"type": "integer"},
+                                "duplicates": {"type": "integer"},
+                                "invalid": {"type": "array", "items": {"type": "object"}},
+                            },
+                            "required": ["added", "duplicates", "invalid"],
+                        },
+                    ),
+                    **_ERRORS,
+                },
+            }
+        },
+        "/feeds/refresh": {
+            "post": {
+                "summary": "Poll one feed (url) or every feed now, and say what each poll did",
+                "requestBody": {
+                    "required": True,
+                    **_json(
+                        {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "url": {"type": "string", "minLength": 1, "maxLength": 2000}
+                            },
+                        }
+                    ),
+                },
+                "responses": {
+                    "200": _answer(
+                        "The polls' outcomes",
+                        {
+                            "type": "object",
+                            "properties": {"results": {"type": "array", "items": _POLL}},
+                            "required": ["results"],
+                        },
+                    ),
+                    **_ERRORS,
+                },
+            }
+        },
+        "/feeds/export": {
+            "get": {
+                "summary": "Every subscription as OPML 2.0",
+                "responses": {
+                    "200": {
+                        "description": "OPML",
+                        "content": {"text/x-opml": {"schema": {"type": "string"}}},
+                    },
                     **_ERRORS,
                 },
             }

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 from ingest.catalog import Catalog
 from ingest.errors import PermanentError
 
-__all__ = ["EntryRow", "Feed", "FeedList", "InvalidFeedURL", "normalise_feed_url"]
+__all__ = ["EntryRow", "Feed", "FeedList", "InvalidFeedURL", "NotSubscribed", "normalise_feed_url"]
 
 MAX_URL: Final = 2000
 _COLUMNS: Final = (
@@ -32,6 +32,10 @@ _COLUMNS: Final = (
 
 class InvalidFeedURL(PermanentError, ValueError):  # noqa: N818 - reads as a fact
     """Not an http(s) URL a feed could live at; the message says why."""
+
+
+class NotSubscribed(LookupError):  # noqa: N818
+    """No feed at that URL is subscribed."""
 
 
 def normalise_feed_url(url: str) -> str:
@@ -206,7 +210,7 @@ class FeedList:
         for url in urls:
             feed = await self.get(url)
             if feed is None:
-                raise LookupError(f"{url}: not subscribed (see satchel feeds list)")
+                raise NotSubscribed(f"{url}: not subscribed (see satchel feeds list)")
             feeds.append(feed)
         return feeds
 

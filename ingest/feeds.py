@@ -43,7 +43,7 @@ from ingest.feedparse import NotAFeed, ParsedEntry, ParsedFeed, parse_feed
 from ingest.fetch import Fetched, Fetcher, FetchError, FetchFailed
 from ingest.queue import Queue
 
-__all__ = ["FEED_ACCEPT", "PollOutcome", "Poller", "PollerSettings"]
+__all__ = ["FEED_ACCEPT", "PollOutcome", "Poller", "PollerSettings", "parse_fetched"]
 
 _log = logging.getLogger(__name__)
 
@@ -178,18 +178,9 @@ class Poller:
             )
             return PollOutcome(feed.url, "not-modified", entries=feed.entry_count)
         try:
-            with anyio.fail_after(self.settings.parse_timeout):
-                parsed: ParsedFeed = await anyio.to_process.run_sync(
-                    parse_feed, fetched.body, fetched.url, fetched.content_type, cancellable=True
-                )
-        except TimeoutError:
-            return await self._failed(
-                feed, f"{feed.url}: parsing took over {self.settings.parse_timeout:g} s"
-            )
+            parsed = await parse_fetched(fetched, self.settings.parse_timeout)
         except NotAFeed as exc:
             return await self._failed(feed, str(exc))
-        except anyio.BrokenWorkerProcess as exc:
-            return await self._failed(feed, f"{feed.url}: the parser process died ({exc})")
         if parsed.warning:
             _log.info("%s: parsed despite %s", feed.url, parsed.warning)
         known = await self.feeds.entries(feed.id)
@@ -294,6 +285,21 @@ class Poller:
         wait = max([interval, *(v for v in (retry_after, ttl, max_age) if v is not None)])
         wait = min(wait, max(s.max_interval, feed.interval_s or s.interval))
         return time.time() + wait * (1.0 + random.uniform(0.0, s.jitter))  # noqa: S311
+
+
+async def parse_fetched(fetched: Fetched, limit: float) -> ParsedFeed:
+    """Parse a fetched feed in a worker process, killed if it takes over `limit` seconds.
+    Raises `NotAFeed`, also for a parse that timed out or whose process died."""
+    try:
+        with anyio.fail_after(limit):
+            parsed: ParsedFeed = await anyio.to_process.run_sync(
+                parse_feed, fetched.body, fetched.url, fetched.content_type, cancellable=True
+            )
+    except TimeoutError:
+        raise NotAFeed(f"{fetched.url}: parsing took over {limit:g} s") from None
+    except anyio.BrokenWorkerProcess as exc:
+        raise NotAFeed(f"{fetched.url}: the parser process died ({exc})") from None
+    return parsed
 
 
 def _changed(known: EntryRow | None, entry: ParsedEntry) -> bool:

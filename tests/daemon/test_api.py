@@ -26,10 +26,13 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from daemon.api import create_app
-from daemon.config import Config, resolve_paths
+from daemon.config import Config, FeedsConfig, resolve_paths
 from daemon.core import Satchel
+from daemon.feeds import Feeds, fetch_settings
 from ingest.catalog import Catalog
 from ingest.embed import HashEmbedder
+from ingest.feedlist import FeedList
+from ingest.fetch import Fetcher
 from ingest.queue import Queue
 from store import SQLiteStore
 
@@ -40,9 +43,18 @@ ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
 @asynccontextmanager
 async def open_satchel(home: Path) -> AsyncIterator[Satchel]:
     """A `Satchel` on files under `home`, with the hash embedder and a small table."""
-    config = Config(paths=resolve_paths({"SATCHEL_HOME": str(home)}))
-    async with Catalog(home / "satchel.db") as catalog, SQLiteStore(home / "vectors.db") as store:
-        satchel = Satchel(config, store, catalog, Queue(catalog))
+    # Generated feed URLs are fetched: a short timeout keeps a name that never resolves quick.
+    config = Config(
+        paths=resolve_paths({"SATCHEL_HOME": str(home)}), feeds=FeedsConfig(timeout_seconds=2.0)
+    )
+    async with (
+        Catalog(home / "satchel.db") as catalog,
+        SQLiteStore(home / "vectors.db") as store,
+        Fetcher(fetch_settings(config)) as fetcher,
+    ):
+        queue = Queue(catalog)
+        satchel = Satchel(config, store, catalog, queue)
+        satchel.feeds = Feeds(config, FeedList(catalog), queue, fetcher, satchel.delete_source)
         embedder = HashEmbedder(32)
         satchel.embedding.embedder = embedder
         satchel.embedding.provider = satchel.embedding.state = "hash"
