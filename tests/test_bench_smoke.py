@@ -101,3 +101,18 @@ def test_migrate_benchmark_smoke_run() -> None:
         assert figure in report
     assert "LanceDB holds every row: True" in report  # the writer's rows too, once
     print(report)
+
+
+def test_feeds_benchmark_smoke_run() -> None:
+    output = run_bench("bench/feeds.py", "--smoke")
+    report = output.split("== summary ==")[1]
+    for figure in (
+        "one cycle over N unchanged feeds (all 304)",
+        "N changed feeds x 20 entries -> searchable",
+        "daemon RSS during that",
+        "quadratic-entity feed parse",
+    ):
+        assert figure in report
+    assert "probe found: True" in report  # the last entry of the last feed is searchable
+    assert "50 304s of 50 requests" in report  # the unchanged cycle was all conditional
+    print(report)
