@@ -29,7 +29,7 @@ from daemon.schema import OPENAPI, InvalidRequest, request_schema, validate
 from ingest.documents import Document
 from ingest.errors import IngestError, PermanentError, TransientError
 from ingest.feedlist import NotSubscribed
-from ingest.fetch import FetchFailed, fetch
+from ingest.fetch import HTML_TYPES, FetchFailed, fetch
 from ingest.opml import Subscription
 from store import StoreError, UnknownTable
 
@@ -285,7 +285,7 @@ async def _fetched(body: dict[str, Any], config: Config) -> dict[str, Any]:
     settings = replace(settings, max_bytes=limit)
     page = await fetch(body["url"], settings)
     kind = page.content_type.split(";")[0].strip().lower()
-    if kind not in ("text/html", "application/xhtml+xml", "text/plain", "text/markdown", ""):
+    if kind not in (*HTML_TYPES, "text/plain", "text/markdown", ""):
         raise InvalidRequest(f"url: {page.url} is {kind}, not a page of text or HTML")
     html = kind not in {"text/plain", "text/markdown"}
     return {**body, "content": page.text(), "format": "html" if html else "text"}

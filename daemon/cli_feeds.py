@@ -54,7 +54,8 @@ def add_parser(commands: Any) -> None:
 def run(config: Config, args: argparse.Namespace) -> int:
     """Run ``satchel feeds <action>``."""
     action = args.feeds_command
-    client = Client(config, timeout=max(60.0, config.feeds.timeout_seconds * 3))
+    # Adding fetches the URL; polling every feed takes as long as the slowest servers.
+    client = Client(config, timeout=3600.0 if action == "refresh" else 120.0)
     if action == "add":
         return _add(client, args)
     if action == "list":
@@ -66,15 +67,18 @@ def run(config: Config, args: argparse.Namespace) -> int:
         print(f"unsubscribed {answer['removed']}; its {answer['entries']} entries {kept}")
         return 0
     if action == "refresh":
-        return _refresh(config, args)
+        return _refresh(client, args)
     if action == "import":
         return _import(client, args)
-    opml = _text(client.request_raw("GET", "/feeds/export"))
+    opml = client.request_raw("GET", "/feeds/export").decode("utf-8")
     if str(args.file) == "-":
         sys.stdout.write(opml)
-    else:
+        return 0
+    try:
         args.file.write_text(opml, encoding="utf-8")
-        print(f"wrote {args.file}", file=sys.stderr)
+    except OSError as exc:
+        raise CLIError(f"{args.file}: {exc.strerror}") from None
+    print(f"wrote {args.file}", file=sys.stderr)
     return 0
 
 
@@ -112,9 +116,7 @@ def _list(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _refresh(config: Config, args: argparse.Namespace) -> int:
-    # Polling every feed may take a while: as long as the slowest server, times the batches.
-    client = Client(config, timeout=3600.0)
+def _refresh(client: Client, args: argparse.Namespace) -> int:
     answer = client.request("POST", "/feeds/refresh", json={"url": args.url} if args.url else {})
     results = answer["results"]
     if args.json:
@@ -161,7 +163,3 @@ def _import(client: Client, args: argparse.Namespace) -> int:
         print(f"skipped {item['url']}: {item['error']}", file=sys.stderr)
     print(f"imported {added} feeds ({duplicates} already subscribed, {len(invalid)} invalid)")
     return 0
-
-
-def _text(raw: bytes) -> str:
-    return raw.decode("utf-8")

@@ -39,25 +39,23 @@ class Client:
         )
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except (httpx.ConnectError, FileNotFoundError) as exc:
-            raise self._not_running() from exc
-        except httpx.HTTPError as exc:
-            raise CLIError(f"talking to the daemon at {self.socket}: {exc}") from exc
-        return _checked(response)
+        """The JSON answer; an error answer raises `CLIError` with its message."""
+        return _checked(self._send(method, path, **kwargs))
 
     def request_raw(self, method: str, path: str, **kwargs: Any) -> bytes:
         """Like `request`, for an answer that is not JSON: its bytes."""
+        response = self._send(method, path, **kwargs)
+        if response.status_code >= 400:
+            _checked(response)
+        return response.content
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = self._http.request(method, path, **kwargs)
+            return self._http.request(method, path, **kwargs)
         except (httpx.ConnectError, FileNotFoundError) as exc:
             raise self._not_running() from exc
         except httpx.HTTPError as exc:
             raise CLIError(f"talking to the daemon at {self.socket}: {exc}") from exc
-        if response.status_code >= 400:
-            _checked(response)
-        return response.content
 
     def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[bytes]:
         try:

@@ -12,21 +12,25 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any
 
 from daemon import __version__
 from daemon.config import Config
-from ingest.feedlist import Feed, FeedList, NotSubscribed
-from ingest.feedparse import NotAFeed, discover_feeds
-from ingest.feeds import FEED_ACCEPT, Poller, PollerSettings, PollOutcome, parse_fetched
-from ingest.fetch import PROJECT_URL, Fetcher, FetchSettings
+from ingest.feedlist import Feed, FeedList, InvalidFeedURL, NotSubscribed, normalise_feed_url
+from ingest.feedparse import NotAFeed
+from ingest.feeds import (
+    FEED_ACCEPT,
+    Poller,
+    PollerSettings,
+    PollOutcome,
+    discover_in_process,
+    parse_fetched,
+)
+from ingest.fetch import HTML_TYPES, PROJECT_URL, Fetcher, FetchSettings
 from ingest.opml import Subscription, write_opml
 from ingest.queue import Queue
 
-__all__ = ["MAX_IMPORT", "Feeds", "NoFeedFound", "fetch_settings"]
-
-MAX_IMPORT: Final = 1000  # feeds per import request
-_HTML: Final = ("text/html", "application/xhtml+xml")
+__all__ = ["Feeds", "NoFeedFound", "fetch_settings"]
 
 
 class NoFeedFound(ValueError):  # noqa: N818 - reads as a fact
@@ -106,17 +110,19 @@ class Feeds:
         page = await self.fetcher.get(url, {"Accept": f"{FEED_ACCEPT}, text/html;q=0.7"})
         kind = page.content_type.split(";")[0].strip().lower()
         looks_html = page.body.lstrip()[:15].lower().startswith((b"<!doctype html", b"<html"))
-        if kind in _HTML or looks_html:
-            found = discover_feeds(page.text(), page.url)
-            if not found:
+        limit = self.settings.parse_timeout
+        if kind in HTML_TYPES or looks_html:
+            found = await discover_in_process(page.text(), page.url, limit)
+            if found:  # the feed's own title fills in at its first poll, unless one was given
+                return found[0][0], title, found
+        try:  # a feed, or a feed served as text/html (it happens)
+            parsed = await parse_fetched(page, limit)
+        except NotAFeed as exc:
+            if kind in HTML_TYPES or looks_html:
                 raise NoFeedFound(
                     f"url: {url} is a web page that announces no feed "
                     '(no <link rel="alternate" type="application/rss+xml"> or atom link)'
-                )
-            return found[0][0], title or found[0][1], found
-        try:
-            parsed = await parse_fetched(page, self.settings.parse_timeout)
-        except NotAFeed as exc:
+                ) from None
             raise NoFeedFound(f"url: {exc}") from None
         return url, title or parsed.title, []
 
@@ -126,8 +132,8 @@ class Feeds:
         invalid: list[dict[str, str]] = []
         for sub in subscriptions:
             try:
-                await self.list.get(sub.url)  # validates the URL
-            except ValueError as exc:
+                normalise_feed_url(sub.url)
+            except InvalidFeedURL as exc:
                 invalid.append({"url": sub.url, "error": str(exc)})
                 continue
             valid.append((sub.url, sub.title))
@@ -137,18 +143,20 @@ class Feeds:
 
     async def remove(self, url: str, *, purge: bool) -> dict[str, Any]:
         """Unsubscribe; with `purge`, delete the entries it delivered too."""
-        removed = await self.list.remove(url)
-        if removed is None:
+        feed = await self.list.get(url)
+        if feed is None:
             raise NotSubscribed(f"{url}: not subscribed (see satchel feeds list)")
-        feed, sources = removed
         chunks = 0
         if purge:
-            for source_id in sources:
+            # Before the feed goes: if this is cut short, `rm --purge` can simply be run again.
+            for entry in (await self.list.entries(feed.id)).values():
                 try:
-                    chunks += await self._delete_source(source_id)
-                except LookupError:  # never ingested (still queued, or failed): nothing stored
-                    continue
-        return {"removed": feed.url, "entries": len(sources), "purged_chunks": chunks}
+                    chunks += await self._delete_source(entry.source_id)
+                except LookupError:  # not ingested yet: drop its queued job instead
+                    await self.list.catalog.forget_source(entry.source_id)
+        removed = await self.list.remove(url)
+        entries = 0 if removed is None else len(removed[1])
+        return {"removed": feed.url, "entries": entries, "purged_chunks": chunks}
 
     # -- reading ---------------------------------------------------------------------------------
 

@@ -100,7 +100,8 @@ MIGRATIONS: Final[tuple[sqlitedb.Migration, ...]] = (
             last_success REAL,
             entry_count INTEGER NOT NULL DEFAULT 0,
             disabled INTEGER NOT NULL DEFAULT 0,
-            added_at REAL NOT NULL
+            added_at REAL NOT NULL,
+            ttl_minutes INTEGER
         );
         CREATE INDEX feeds_due ON feeds (disabled, next_check);
         CREATE TABLE feed_entries (

@@ -26,7 +26,8 @@ __all__ = ["EntryRow", "Feed", "FeedList", "InvalidFeedURL", "NotSubscribed", "n
 MAX_URL: Final = 2000
 _COLUMNS: Final = (
     "id, url, title, site_url, etag, last_modified, next_check, interval_s, full_text, "
-    "consecutive_errors, last_error, last_checked, last_success, entry_count, disabled, added_at"
+    "consecutive_errors, last_error, last_checked, last_success, entry_count, disabled, added_at, "
+    "ttl_minutes"
 )
 
 
@@ -83,6 +84,7 @@ class Feed:
     entry_count: int
     disabled: bool
     added_at: float
+    ttl_minutes: int | None  # the feed's own <ttl>, kept for the polls that end in a 304
 
     @classmethod
     def from_row(cls, row: Sequence[object]) -> Feed:
@@ -225,13 +227,18 @@ class FeedList:
         last_modified: str | None,
         title: str | None = None,
         site_url: str | None = None,
+        parsed: bool = False,
+        ttl_minutes: int | None = None,
         entries: Sequence[EntryRow] = (),
     ) -> None:
         """A poll succeeded (a 304 passes no title and no entries): errors reset, validators
-        and new entries kept, next check set."""
+        and new entries kept, next check set. A title the user gave is kept. A feed removed
+        while it was being polled stays removed."""
         now = time.time()
 
         def record(conn: sqlite3.Connection) -> None:
+            if conn.execute("SELECT 1 FROM feeds WHERE id = ?", (feed.id,)).fetchone() is None:
+                return
             conn.executemany(
                 "INSERT INTO feed_entries (feed_id, key, source_id, content_hash, seen_at) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (feed_id, key) DO UPDATE SET "
@@ -242,10 +249,23 @@ class FeedList:
             conn.execute(
                 "UPDATE feeds SET etag = ?, last_modified = ?, next_check = ?, "
                 "consecutive_errors = 0, last_error = NULL, last_checked = ?, last_success = ?, "
-                "title = coalesce(?, title), site_url = coalesce(?, site_url), "
+                "title = coalesce(title, ?), site_url = coalesce(?, site_url), "
+                "ttl_minutes = CASE WHEN ? THEN ? ELSE ttl_minutes END, "
                 "entry_count = (SELECT count(*) FROM feed_entries WHERE feed_id = ?) "
                 "WHERE id = ?",
-                (etag, last_modified, next_check, now, now, title, site_url, feed.id, feed.id),
+                (
+                    etag,
+                    last_modified,
+                    next_check,
+                    now,
+                    now,
+                    title,
+                    site_url,
+                    parsed,  # a parsed feed (not a 304) says its ttl, or that it has none
+                    ttl_minutes,
+                    feed.id,
+                    feed.id,
+                ),
             )
 
         # A lost 304 or an unchanged feed is simply polled again; new entries are durable.

@@ -6,8 +6,9 @@ Feeds come from strangers, so:
   (`strip_doctype`). feedparser 6 expands a long internal entity referenced many times
   quadratically (110 KB in, 205 MB out and 11 s of CPU, measured); billion-laughs nests them;
   an external (``SYSTEM``) entity would read a file. With no declarations, nothing expands;
-- feedparser only ever gets bytes (a string could be taken for a URL or a path), and its
-  preference for libxml2 is emptied, so Python's expat parses, with external entities off;
+- feedparser only ever gets a file object over the bytes: given a string or even bytes it
+  first tries them as a URL or a file path (a feed whose body is ``/etc/passwd`` would be read
+  from disk). Its preference for libxml2 is emptied, so Python's expat parses;
 - `parse_feed` is a plain function for a worker process (`anyio.to_process`), so the daemon
   can bound it in time and kill it past that.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import calendar
 import hashlib
+import io
 import re
 import time
 from dataclasses import dataclass
@@ -116,20 +118,30 @@ def strip_doctype(data: bytes) -> bytes:
             text = data.decode(codec, errors="replace").lstrip("\ufeff")
             data = _DECLARED_ENCODING.sub(rb"\1\2utf-8\2", text.encode("utf-8"), count=1)
             break
-    start = data.find(b"<!DOCTYPE")
-    if start < 0:
-        start = data.find(b"<!doctype")
-    if start < 0 or not _in_prologue(data, start):
+    start = _doctype_start(data)
+    if start is None:
         return data
-    end = _doctype_end(data, start)
-    return data[:start] + data[end:]
+    return data[:start] + data[_doctype_end(data, start) :]
 
 
-def _in_prologue(data: bytes, position: int) -> bool:
-    # The root element starts with "<" and a name character; declarations, comments and
-    # processing instructions ("<!", "<?") may precede the DOCTYPE.
-    root = re.search(rb"<[A-Za-z_:]", data[:position])
-    return root is None
+def _doctype_start(data: bytes) -> int | None:
+    """Where the prologue's DOCTYPE starts: after a BOM, white space, the XML declaration,
+    processing instructions and comments (whose content may hold anything), if there is one."""
+    i = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    while i < len(data):
+        if data[i : i + 1].isspace():
+            i += 1
+        elif data.startswith(b"<?", i):
+            end = data.find(b"?>", i + 2)
+            i = len(data) if end < 0 else end + 2
+        elif data.startswith(b"<!--", i):
+            end = data.find(b"-->", i + 4)
+            i = len(data) if end < 0 else end + 3
+        elif data[i : i + 9].upper() == b"<!DOCTYPE":
+            return i
+        else:
+            return None  # the root element, or text: no DOCTYPE can follow
+    return None
 
 
 def _doctype_end(data: bytes, start: int) -> int:
@@ -165,12 +177,15 @@ def parse_feed(data: bytes, url: str, content_type: str = "") -> ParsedFeed:
     headers = {}
     if content_type:
         headers["content-type"] = content_type
-    result = feedparser.parse(
-        strip_doctype(data),
-        response_headers=headers,
-        resolve_relative_uris=False,
-        sanitize_html=True,
-    )
+    try:
+        result = feedparser.parse(
+            io.BytesIO(strip_doctype(data)),
+            response_headers=headers,
+            resolve_relative_uris=False,
+            sanitize_html=True,
+        )
+    except Exception as exc:  # feedparser's own bugs (a lone surrogate's &#xD800;, say)
+        raise NotAFeed(f"{url}: feedparser failed ({_describe(exc)})") from None
     problem = result.get("bozo_exception")
     if not result.entries and not result.get("version"):
         reason = f" ({_describe(problem)})" if problem else ""

@@ -17,33 +17,43 @@ Next check = the largest of the interval, the feed's ``<ttl>``, the server's ``R
 and ``Cache-Control: max-age``, plus up to `jitter` of it at random. From the third error in a
 row the interval doubles per error up to `max_interval`; one success resets it.
 
-Polls run concurrently (`concurrency` in all, `per_host` per host and port), so one slow or
-failing server holds a couple of slots for at most the fetch timeout and never delays the
-others.
+Polls run concurrently: `concurrency` in all and `per_host` per server (host and port). A poll
+waits for its server's turn before it takes one of the slots, so a slow or failing server holds
+at most `per_host` slots, each for at most the fetch timeout, and never delays the others.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import anyio
+import anyio.abc
 import anyio.to_process
 from anyio.abc import TaskStatus
 
 from ingest.documents import Document
 from ingest.errors import InvalidDocument
 from ingest.feedlist import EntryRow, Feed, FeedList
-from ingest.feedparse import NotAFeed, ParsedEntry, ParsedFeed, parse_feed
-from ingest.fetch import Fetched, Fetcher, FetchError, FetchFailed
+from ingest.feedparse import NotAFeed, ParsedEntry, ParsedFeed, discover_feeds, parse_feed
+from ingest.fetch import HTML_TYPES, Fetched, Fetcher, FetchError, FetchFailed
 from ingest.queue import Queue
 
-__all__ = ["FEED_ACCEPT", "PollOutcome", "Poller", "PollerSettings", "parse_fetched"]
+__all__ = [
+    "FEED_ACCEPT",
+    "PollOutcome",
+    "Poller",
+    "PollerSettings",
+    "discover_in_process",
+    "parse_fetched",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -53,7 +63,7 @@ FEED_ACCEPT: Final = (
 )
 _PAGE_ACCEPT: Final = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.5"
 _MAX_AGE: Final = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)", re.I)
-_PAGE_TYPES: Final = ("text/html", "application/xhtml+xml", "")
+_PAGE_TYPES: Final = (*HTML_TYPES, "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +106,7 @@ class Poller:
         self._busy: set[int] = set()
         self._slots = anyio.CapacityLimiter(settings.concurrency)
         self._hosts: dict[str, anyio.CapacityLimiter] = {}
+        self._host_polls: Counter[str] = Counter()  # polls the loop started, per server
 
     def wake(self) -> None:
         """Look for due feeds now (one was added or made due)."""
@@ -108,19 +119,42 @@ class Poller:
             while True:
                 # A fresh event before looking, so a wake-up during the look is not missed.
                 self._wake = anyio.Event()
-                room = self.settings.concurrency - len(self._busy)
-                if room > 0:
-                    for feed in await self.feeds.due(time.time(), room, self._busy):
-                        self._busy.add(feed.id)
-                        polls.start_soon(self._poll_and_release, feed)
-                wait = 60.0  # a finished poll, an added feed or a refresh wakes us sooner
-                if len(self._busy) < self.settings.concurrency:
-                    soonest = await self.feeds.next_check(exclude=self._busy)
-                    if soonest is not None:
-                        wait = min(wait, soonest - time.time())
+                try:
+                    wait = await self._start_due(polls)
+                except Exception:  # the catalog failing, say: the daemon goes on; try later
+                    _log.exception("the feed poller failed; trying again in a minute")
+                    wait = 60.0
                 if wait > 0:
                     with anyio.move_on_after(wait):
                         await self._wake.wait()
+
+    async def _start_due(self, polls: anyio.abc.TaskGroup) -> float:
+        """Start polls of due feeds (at most `per_host` per server, so one server's backlog
+        never fills the slots); return how long to wait before looking again."""
+        room = self.settings.concurrency - len(self._busy)
+        waiting_on_a_server = False
+        if room > 0:
+            for feed in await self.feeds.due(time.time(), room + 200, self._busy):
+                host = _server(feed.url)
+                if self._host_polls[host] >= self.settings.per_host:
+                    waiting_on_a_server = True  # its polls in flight will wake us
+                    continue
+                self._busy.add(feed.id)
+                self._host_polls[host] += 1
+                polls.start_soon(self._loop_poll, feed, host)
+                room -= 1
+                if room == 0:
+                    break
+        if room <= 0 or waiting_on_a_server:
+            return 60.0  # a finished poll wakes us sooner
+        soonest = await self.feeds.next_check(exclude=self._busy)
+        return 60.0 if soonest is None else min(60.0, soonest - time.time())
+
+    async def _loop_poll(self, feed: Feed, host: str) -> None:
+        try:
+            await self._poll_and_release(feed)
+        finally:
+            self._host_polls[host] -= 1
 
     async def refresh(self, urls: list[str] | None = None) -> list[PollOutcome]:
         """Poll these feeds (every enabled one when None) now, whether due or not; return their
@@ -141,14 +175,19 @@ class Poller:
         return [outcomes[feed.id] for feed in feeds]
 
     async def _poll_and_release(self, feed: Feed) -> PollOutcome:
-        """Poll a feed marked busy, in one of the `concurrency` slots; then free it."""
+        """Poll a feed marked busy, holding its server's limit and then one of the
+        `concurrency` slots (in that order: feeds queued for a busy server hold no slot)."""
         try:
-            async with self._slots:
+            async with self._host(feed.url), self._slots:
                 outcome = await self.poll(feed)
         except Exception as exc:  # a bug must not stop the other feeds: log it, record it
             _log.exception("polling %s failed", feed.url)
             outcome = PollOutcome(feed.url, "error", error=f"internal error: {exc}")
-            await self.feeds.record_error(feed, outcome.error or "", next_check=self._later(feed))
+            errors = feed.consecutive_errors + 1
+            with contextlib.suppress(Exception):  # already logged; the catalog may be the bug
+                await self.feeds.record_error(
+                    feed, outcome.error or "", next_check=self._later(feed, errors=errors)
+                )
         finally:
             self._busy.discard(feed.id)
             self._wake.set()
@@ -164,15 +203,14 @@ class Poller:
         if feed.last_modified:
             headers["If-Modified-Since"] = feed.last_modified
         try:
-            async with self._host(feed.url):
-                fetched = await self.fetcher.get(feed.url, headers)
+            fetched = await self.fetcher.get(feed.url, headers)  # under _poll_and_release's limit
         except FetchError as exc:
             wait = exc.retry_after if isinstance(exc, FetchFailed) else None
             return await self._failed(feed, str(exc), retry_after=wait)
         if fetched.status == 304:
             await self.feeds.record_success(
                 feed,
-                next_check=self._next_check(feed, fetched),
+                next_check=self._next_check(feed, fetched, ttl_minutes=feed.ttl_minutes),
                 etag=fetched.headers.get("etag") or feed.etag,
                 last_modified=fetched.headers.get("last-modified") or feed.last_modified,
             )
@@ -186,10 +224,9 @@ class Poller:
         known = await self.feeds.entries(feed.id)
         fresh = [e for e in parsed.entries if _changed(known.get(e.key), e)]
         documents = [await self._document(feed, entry) for entry in fresh]
-        rows = [EntryRow(e.key, _source_id(feed, e), e.content_hash) for e in fresh]
-        kept = [(doc, row) for doc, row in zip(documents, rows, strict=True) if doc is not None]
+        kept = [doc for doc in documents if doc is not None]
         if kept:
-            await self.queue.enqueue_many([doc for doc, _ in kept])
+            await self.queue.enqueue_many(kept)
         await self.feeds.record_success(
             feed,
             next_check=self._next_check(feed, fetched, ttl_minutes=parsed.ttl_minutes),
@@ -197,7 +234,10 @@ class Poller:
             last_modified=fetched.headers.get("last-modified"),
             title=parsed.title,
             site_url=parsed.site_url,
-            entries=[row for _, row in kept],
+            parsed=True,
+            ttl_minutes=parsed.ttl_minutes,
+            # Skipped entries too: one too large is not tried again until it changes.
+            entries=[EntryRow(e.key, _source_id(feed, e), e.content_hash) for e in fresh],
         )
         return PollOutcome(
             feed.url,
@@ -230,7 +270,9 @@ class Poller:
         """The entry's page, or None (with a log line) if it cannot be had: the summary is
         stored instead, and the entry is not lost."""
         try:
-            async with self._host(url):
+            # Pages have limits of their own: a poll holding its feed's server never waits for
+            # another feed's server (two such polls could wait for each other forever).
+            async with self._host("page:" + _server(url)):
                 page = await self.fetcher.get(url, {"Accept": _PAGE_ACCEPT})
         except FetchError as exc:
             _log.info("full text: %s; keeping the summary", exc)
@@ -251,8 +293,8 @@ class Poller:
         )
         return PollOutcome(feed.url, "error", entries=feed.entry_count, error=error)
 
-    def _host(self, url: str) -> anyio.CapacityLimiter:
-        host = urlsplit(url).netloc.lower()  # host and port: one server
+    def _host(self, key: str) -> anyio.CapacityLimiter:
+        host = _server(key) if "://" in key else key
         limiter = self._hosts.get(host)
         if limiter is None:
             limiter = self._hosts[host] = anyio.CapacityLimiter(self.settings.per_host)
@@ -281,7 +323,7 @@ class Poller:
         interval = feed.interval_s or s.interval
         errors = feed.consecutive_errors if errors is None else errors
         if errors >= s.errors_before_backoff:
-            interval *= 2.0 ** (errors - s.errors_before_backoff + 1)
+            interval *= 2.0 ** min(30, errors - s.errors_before_backoff + 1)
         wait = max([interval, *(v for v in (retry_after, ttl, max_age) if v is not None)])
         wait = min(wait, max(s.max_interval, feed.interval_s or s.interval))
         return time.time() + wait * (1.0 + random.uniform(0.0, s.jitter))  # noqa: S311
@@ -290,16 +332,43 @@ class Poller:
 async def parse_fetched(fetched: Fetched, limit: float) -> ParsedFeed:
     """Parse a fetched feed in a worker process, killed if it takes over `limit` seconds.
     Raises `NotAFeed`, also for a parse that timed out or whose process died."""
-    try:
-        with anyio.fail_after(limit):
-            parsed: ParsedFeed = await anyio.to_process.run_sync(
-                parse_feed, fetched.body, fetched.url, fetched.content_type, cancellable=True
-            )
-    except TimeoutError:
-        raise NotAFeed(f"{fetched.url}: parsing took over {limit:g} s") from None
-    except anyio.BrokenWorkerProcess as exc:
-        raise NotAFeed(f"{fetched.url}: the parser process died ({exc})") from None
+    parsed: ParsedFeed = await _in_process(
+        parse_feed, fetched.body, fetched.url, fetched.content_type, limit=limit, what=fetched.url
+    )
     return parsed
+
+
+async def discover_in_process(html: str, url: str, limit: float) -> list[tuple[str, str | None]]:
+    """`discover_feeds` in a worker process, bounded like parsing (Python's HTMLParser is
+    quadratic on some input: a hostile page must not hold the event loop)."""
+    found: list[tuple[str, str | None]] = await _in_process(
+        discover_feeds, html, url, limit=limit, what=url
+    )
+    return found
+
+
+async def _in_process(function: Any, *args: Any, limit: float, what: str) -> Any:
+    # The clock starts once a worker process is free: waiting for one is not the feed's fault.
+    async with anyio.to_process.current_default_process_limiter():
+        try:
+            with anyio.fail_after(limit):
+                return await anyio.to_process.run_sync(
+                    # The default limiter is held above; this one only satisfies the call.
+                    function,
+                    *args,
+                    cancellable=True,
+                    limiter=anyio.CapacityLimiter(1),
+                )
+        except TimeoutError:
+            raise NotAFeed(f"{what}: parsing took over {limit:g} s") from None
+        except NotAFeed:
+            raise
+        except Exception as exc:  # the process died, or something unpicklable came back
+            raise NotAFeed(f"{what}: the parser failed ({type(exc).__name__}: {exc})") from None
+
+
+def _server(url: str) -> str:
+    return urlsplit(url).netloc.lower()  # host and port: one server
 
 
 def _changed(known: EntryRow | None, entry: ParsedEntry) -> bool:

@@ -36,9 +36,19 @@ import httpx
 
 from ingest.errors import PermanentError, TransientError
 
-__all__ = ["Blocked", "FetchError", "FetchFailed", "FetchSettings", "Fetched", "Fetcher", "fetch"]
+__all__ = [
+    "HTML_TYPES",
+    "Blocked",
+    "FetchError",
+    "FetchFailed",
+    "FetchSettings",
+    "Fetched",
+    "Fetcher",
+    "fetch",
+]
 
 PROJECT_URL: Final = "https://github.com/satchel-dev/satchel"
+HTML_TYPES: Final = ("text/html", "application/xhtml+xml")  # what a web page is served as
 _STEP: Final = 64 * 1024  # decompressed bytes produced per step
 
 

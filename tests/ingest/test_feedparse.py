@@ -311,3 +311,22 @@ def test_opml_entities_are_never_expanded() -> None:
     data = data.replace(b"</rss>", b"-->")
     with pytest.raises(InvalidOPML, match="undefined entity"):
         read_opml(data)
+
+
+def test_a_body_that_names_a_local_file_is_not_read(tmp_path: pytest.TempPathFactory) -> None:
+    # feedparser opens bytes that name an existing file; parse_feed must hand it a file object.
+    local = tmp_path / "local.xml"  # type: ignore[operator]
+    local.write_bytes(RSS20)
+    with pytest.raises(NotAFeed):
+        parse_feed(str(local).encode(), URL)
+
+
+def test_a_comment_before_the_doctype_does_not_hide_it() -> None:
+    data = b'<?xml version="1.0"?><!-- <a --><!DOCTYPE r [<!ENTITY a "x">]><r>&a;</r>'
+    assert strip_doctype(data) == b'<?xml version="1.0"?><!-- <a --><r>&a;</r>'
+
+
+def test_a_feedparser_crash_is_a_clear_error() -> None:
+    data = b'<rss version="2.0"><channel><item><title>&#xD800;</title></item></channel></rss>'
+    with pytest.raises(NotAFeed, match="feedparser failed"):
+        parse_feed(data, URL)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import gzip
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import anyio
 import pytest
@@ -25,7 +27,17 @@ from ingest.queue import Queue
 from store import SQLiteStore
 from tests.ingest.conftest import drain, settings
 from tests.ingest.feedfarm import Farm, Served, atom, farm, rss
-from tests.ingest.test_feedparse import BILLION_LAUGHS
+from tests.ingest.test_feedparse import (
+    ATOM03,
+    ATOM10,
+    BILLION_LAUGHS,
+    RSS091,
+    RSS092,
+    RSS10,
+    RSS20,
+    quadratic_feed,
+    xxe_feed,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -254,9 +266,16 @@ async def test_a_redirect_chain_is_followed_but_not_to_another_local_port(
 async def test_a_gzip_bomb_stops_at_the_cap(
     poller: Poller, feed_list: FeedList, feeds_farm: Farm, queue: Queue
 ) -> None:
-    bomb = b"<rss>" + b" " * (64 * 1024 * 1024)  # 64 MiB of spaces, 64 KiB compressed
-    url = await subscribe(feed_list, feeds_farm, "/bomb.xml", Served(bomb, gzip=True))
-    [outcome] = await poller.refresh()
+    bomb = gzip.compress(b"<rss>" + b" " * (64 * 1024 * 1024))  # 64 MiB in 64 KiB
+    served = Served(bomb, headers={"Content-Encoding": "gzip"})
+    url = await subscribe(feed_list, feeds_farm, "/bomb.xml", served)
+    tracemalloc.start()
+    try:
+        [outcome] = await poller.refresh()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 1024 * 1024  # the 2 MiB cap and a step of decompression, not 64 MiB
     assert outcome.status == "error"
     assert "larger than 2097152 bytes" in (outcome.error or "")
     assert (await queue.stats()).pending == 0
@@ -408,3 +427,76 @@ async def test_gzip_bodies_are_read(poller: Poller, feed_list: FeedList, feeds_f
     [outcome] = await poller.refresh()
     assert (outcome.status, outcome.queued) == ("changed", 1)
     assert gzip  # the farm compresses; the fetcher decompresses
+
+
+async def test_the_farm_serves_every_format_and_each_poll_stores_just_its_entries(  # noqa: PLR0917
+    poller: Poller,
+    feed_list: FeedList,
+    feeds_farm: Farm,
+    queue: Queue,
+    store: SQLiteStore,
+    tmp_path: Path,
+) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET-CONTENT")
+    malformed = (
+        b'<?xml version="1.0"?><rss version="2.0"><channel><title>Broken</title>'
+        b"<item><guid>m1</guid><title>Kept & unescaped</title><description>broken body"
+    )
+    misencoded = (
+        b'<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel><title>L</title>'
+        b"<item><guid>l1</guid><title>R\xe9sum\xe9</title><description>latin-1 bytes</description>"
+        b"</item></channel></rss>"
+    )
+    feeds = {
+        "/rss091": (RSS091, "A café opened today."),
+        "/rss092": (RSS092, "Only a description, no title."),
+        "/rss10": (RSS10, "Resource description text."),
+        "/rss20": (RSS20, "Hello world"),
+        "/atom03": (ATOM03, "Zero three body"),
+        "/atom10": (ATOM10, "Long body."),
+        "/malformed": (malformed, "Kept & unescaped"),  # the unclosed body is lost
+        "/misencoded": (misencoded, "latin-1 bytes"),
+        "/quadratic": (quadratic_feed(), "q"),
+        "/xxe": (xxe_feed(str(secret)), "leak"),
+    }
+    urls = {}
+    for path, (body, _) in feeds.items():
+        urls[path] = await subscribe(feed_list, feeds_farm, path, Served(body))
+    outcomes = {o.url: o for o in await poller.refresh()}
+    assert {o.status for o in outcomes.values()} == {"changed"}, outcomes
+    texts = await stored(queue, store)
+    for path, (_, expected) in feeds.items():
+        mine = [text for source, text in texts.items() if source.startswith(f"feed:{urls[path]}#")]
+        assert len(mine) == 1, (path, mine)  # one entry each, and nothing else
+        assert expected in mine[0], (path, mine[0])
+    assert len(texts) == len(feeds)
+    everything = "".join(texts.values())
+    assert "TOP-SECRET" not in everything
+    assert "x" * 1000 not in everything
+
+
+async def test_a_feeds_ttl_still_counts_after_a_304(
+    poller: Poller, feed_list: FeedList, feeds_farm: Farm
+) -> None:
+    served = Served(rss("T", [("a", "x")], ttl=240), etag='"t1"')
+    url = await subscribe(feed_list, feeds_farm, "/ttl304.xml", served)
+    await poller.refresh()
+    before = time.time()
+    [outcome] = await poller.refresh()
+    assert outcome.status == "not-modified"
+    feed = await feed_list.get(url)
+    assert feed is not None
+    assert feed.ttl_minutes == 240
+    assert feed.next_check >= before + 240 * 60
+
+
+async def test_a_title_the_user_gave_is_kept(
+    poller: Poller, feed_list: FeedList, feeds_farm: Farm
+) -> None:
+    feeds_farm.routes["/named.xml"] = Served(rss("The feed's own title", [("a", "x")]))
+    feed, _ = await feed_list.add(feeds_farm.url("/named.xml"), title="My name for it")
+    await poller.refresh()
+    polled = await feed_list.get(feed.url)
+    assert polled is not None
+    assert polled.title == "My name for it"
