@@ -163,11 +163,14 @@ class Poller:
         outcomes: dict[int, PollOutcome] = {}
 
         async def one(feed: Feed) -> None:
+            polled_meanwhile = False
             while feed.id in self._busy:
+                polled_meanwhile = True
                 await self._progress.wait()
             self._busy.add(feed.id)
-            current = await self.feeds.get(feed.url) or feed  # validators the loop just saved
-            outcomes[feed.id] = await self._poll_and_release(current)
+            if polled_meanwhile:  # the loop just saved new validators and errors: read them
+                feed = await self.feeds.get(feed.url) or feed
+            outcomes[feed.id] = await self._poll_and_release(feed)
 
         async with anyio.create_task_group() as tg:
             for feed in feeds:

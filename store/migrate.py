@@ -402,18 +402,25 @@ class Migrator:
                 continue
             # The next batch is read from SQLite while the target stores this one.
             send, receive = anyio.create_memory_object_stream[list[Record]](1)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._read_ahead, name, progress.after, send)
-                async with receive:
-                    async for batch in receive:
-                        if batch:
-                            await self.target.insert(name, batch)
-                            progress.after = batch[-1].id
-                            progress.copied += len(batch)
-                            rows += len(batch)
-                            self.state.rate = rows / max(time.perf_counter() - started, 1e-9)
-                        progress.done = len(batch) < self.settings.batch
-                        await self._save()  # the checkpoint: the last id the target holds
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._read_ahead, name, progress.after, send)
+                    async with receive:
+                        async for batch in receive:
+                            if batch:
+                                await self.target.insert(name, batch)
+                                progress.after = batch[-1].id
+                                progress.copied += len(batch)
+                                rows += len(batch)
+                                self.state.rate = rows / max(time.perf_counter() - started, 1e-9)
+                            progress.done = len(batch) < self.settings.batch
+                            await self._save()  # the checkpoint: the last id the target holds
+            except BaseExceptionGroup as group:
+                # The read-ahead task is this phase's own detail: callers get the error itself
+                # (a StoreError from a sidecar that died, say), which they know how to retry.
+                if len(group.exceptions) == 1:
+                    raise group.exceptions[0] from None
+                raise
 
     async def _read_ahead(
         self, name: str, after: str | None, send: MemoryObjectSendStream[list[Record]]
@@ -421,7 +428,10 @@ class Migrator:
         async with send:
             while True:
                 batch = await self.source.records_after(name, after, self.settings.batch)
-                await send.send(batch)
+                try:
+                    await send.send(batch)
+                except anyio.BrokenResourceError:
+                    return  # the copy stopped (the target failed): its error is the one to see
                 if len(batch) < self.settings.batch:
                     return
                 after = batch[-1].id
