@@ -178,6 +178,20 @@ def create_app(satchel: Satchel) -> Starlette:
     async def feed_export(request: Request) -> Response:
         return Response(await feeds().opml(), media_type="text/x-opml")
 
+    async def pairing_(request: Request) -> Response:
+        if request.method == "POST":
+            code, expires = satchel.pairing.new_code()
+            return JSONResponse({"code": code, "expires_at": expires, "endpoint": satchel.browser})
+        if request.method == "DELETE":
+            origin = request.query_params.get("origin")
+            if not origin:
+                raise InvalidRequest("origin: required (as `satchel pair --list` shows it)")
+            if not await satchel.pairing.revoke(origin):
+                raise NotFound(f"origin {origin!r:.200}: not paired")
+            return JSONResponse({"revoked": origin})
+        browsers = [asdict(browser) for browser in await satchel.pairing.browsers()]
+        return JSONResponse({"browsers": browsers, "endpoint": satchel.browser})
+
     routes = [
         Route("/health", _guard(health), methods=["GET"]),
         Route("/status", _guard(status), methods=["GET"]),
@@ -197,6 +211,7 @@ def create_app(satchel: Satchel) -> Starlette:
         Route("/feeds/import", _guard(feed_import), methods=["POST"]),
         Route("/feeds/refresh", _guard(feed_refresh), methods=["POST"]),
         Route("/feeds/export", _guard(feed_export), methods=["GET"]),
+        Route("/pairing", _guard(pairing_), methods=["GET", "POST", "DELETE"]),
     ]
     return Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
 

@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 import httpx
 
-from daemon import __version__, cli_feeds
+from daemon import __version__, cli_feeds, cli_pair
 from daemon.client import Client, CLIError, bar, duration, progress
 from daemon.config import Config, ConfigError, load_config, usable_socket_path
 
@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--json", action="store_true", help="print the raw JSON")
 
     cli_feeds.add_parser(commands)
+    cli_pair.add_parser(commands)
 
     commands.add_parser("doctor", help="check the installation and say how to fix problems")
 
@@ -213,6 +214,15 @@ def _status(config: Config, args: argparse.Namespace) -> int:
                 f"  {failing['url']}: {failing['consecutive_errors']} errors in a row: "
                 f"{failing['error']}"
             )
+    browser = status.get("browser") or {}
+    if browser.get("state") == "listening":
+        paired = browser.get("paired") or 0
+        lines.append(
+            f"browser endpoint: 127.0.0.1:{browser['port']}, {paired} browser(s) paired"
+            + ("" if paired else " (satchel pair)")
+        )
+    elif browser.get("state") == "failed":
+        lines.append(f"browser endpoint: not listening: {browser['error']}")
     for child in status["children"]:
         lines.append(
             f"child {child['name']}: {child['state']} (pid {child['pid']}, "
@@ -520,6 +530,7 @@ def _service(config: Config, args: argparse.Namespace) -> int:
 
 _COMMANDS = {
     "feeds": cli_feeds.run,
+    "pair": cli_pair.run,
     "run": _run,
     "status": _status,
     "search": _search,

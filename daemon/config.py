@@ -28,6 +28,8 @@ from urllib.parse import urlsplit
 
 import platformdirs
 
+from ingest.pages import DEFAULT_DENY, is_deny_rule
+
 __all__ = [
     "BrowserConfig",
     "Config",
@@ -220,7 +222,12 @@ class FeedsConfig:
 class BrowserConfig:
     """[browser]: the extension's endpoint on 127.0.0.1."""
 
-    port: int = field(default=4017, metadata=_rule(ge=1, le=65535))
+    port: int = field(default=4017, metadata=_rule(ge=0, le=65535))
+    max_body_bytes: int = field(default=5 * 1024 * 1024, metadata=_rule(ge=1024))
+    deny: tuple[str, ...] = field(
+        default=DEFAULT_DENY,
+        metadata=_rule(shape=(is_deny_rule, "a domain, optionally with a path: 'example.com/x'")),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from daemon import __version__
 from daemon.config import Config
 from daemon.feeds import Feeds
 from daemon.migration import Conflict, Migrations
+from daemon.pairing import Pairing
 from ingest.catalog import Catalog
 from ingest.documents import Document
 from ingest.embed import Embedder
@@ -134,6 +135,9 @@ class Satchel:
         self._latency = _Latency(config.retrieval.latency_window)
         self.migrations = migrations
         self.feeds = feeds
+        self.pairing = Pairing(catalog)
+        # The browser endpoint's state for status: "listening" with its port, or why not.
+        self.browser: dict[str, Any] = {"state": "off"}
 
     # -- search -------------------------------------------------------------------------------
 
@@ -344,6 +348,10 @@ class Satchel:
             "search_latency": self._latency.report(),
             "migration": None if self.migrations is None else self.migrations.report(),
             "feeds": None if self.feeds is None else await self.feeds.health(),
+            "browser": {
+                **self.browser,
+                "paired": len(await self.pairing.browsers()),
+            },
         }
 
 

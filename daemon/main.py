@@ -38,6 +38,7 @@ import anyio.abc
 import httpx
 
 from daemon.api import create_app
+from daemon.browser import BrowserApp, bind_loopback
 from daemon.config import Config, usable_socket_path
 from daemon.core import EmbedderState, Satchel
 from daemon.feeds import Feeds, fetch_settings
@@ -310,12 +311,17 @@ async def run(config: Config) -> int:
                     bind_socket(socket_path),
                     grace=config.daemon.shutdown_grace_seconds,
                 )
+                servers = [server]
+                if (browser := _browser_endpoint(config, satchel)) is not None:
+                    servers.append(browser)
                 async with anyio.create_task_group() as work:
                     served = anyio.Event()
 
                     async def serve_then_signal() -> None:
                         try:
-                            await server.run_until_stopped()
+                            async with anyio.create_task_group() as serving:
+                                for each in servers:
+                                    serving.start_soon(each.run_until_stopped)
                         finally:
                             served.set()
 
@@ -366,13 +372,32 @@ async def run(config: Config) -> int:
                     await stop.wait()
                     _log.info("stopping the feed poller")
                     polling.cancel()
-                    await _shutdown(config, server, served, pipelines, ingesting)
+                    await _shutdown(config, servers, served, pipelines, ingesting)
+                    await satchel.pairing.save_last_used()
                     work.cancel_scope.cancel()
                 _log.info("closing the stores")
             tg.cancel_scope.cancel()  # the signal task
             _log.info("stopping children")
     _log.info("stopped")
     return 0
+
+
+def _browser_endpoint(config: Config, satchel: Satchel) -> UnixServer | None:
+    """The extension's endpoint on 127.0.0.1, or None (logged, and in status) if its port is
+    taken: the rest of the daemon serves on without it."""
+    port = config.browser.port
+    try:
+        sock = bind_loopback(port)
+    except OSError as exc:
+        why = f"cannot listen on 127.0.0.1:{port} ({exc.strerror or exc})"
+        _log.error("browser endpoint: %s; set [browser] port to a free one", why)
+        satchel.browser = {"state": "failed", "port": port, "error": why}
+        return None
+    bound = sock.getsockname()[1]
+    satchel.browser = {"state": "listening", "port": bound}
+    app = BrowserApp(satchel, satchel.pairing, config.browser, bound)
+    _log.info("browser endpoint on http://127.0.0.1:%d", bound)
+    return UnixServer(app, sock, grace=config.daemon.shutdown_grace_seconds, owner_only=False)
 
 
 async def _signals(
@@ -390,7 +415,7 @@ async def _signals(
 
 async def _shutdown(
     config: Config,
-    server: UnixServer,
+    servers: list[UnixServer],
     served: anyio.Event,
     pipelines: list[Pipeline],
     ingesting: anyio.Event,
@@ -398,7 +423,8 @@ async def _shutdown(
     grace = config.daemon.shutdown_grace_seconds
     deadline = time.monotonic() + grace
     _log.info("no longer accepting connections")
-    server.stop()
+    for server in servers:
+        server.stop()
     _log.info("stopping the ingest workers (up to %.0f s for the batches in hand)", grace)
     for pipeline in pipelines:
         pipeline.stop()
@@ -413,11 +439,11 @@ async def _shutdown(
         await served.wait()
     # Requests still running (a long export, a slow fetch) must not outlive the stores that
     # close next: uvicorn's request tasks belong to no task group of ours, so cancel them here.
-    lingering = list(server.server_state.tasks)
+    lingering = [task for server in servers for task in server.server_state.tasks]
     for task in lingering:
         task.cancel()
     if lingering:
         _log.warning("cut %d requests short", len(lingering))
         with anyio.move_on_after(1.0):
-            while server.server_state.tasks:  # noqa: ASYNC110 - uvicorn's set, no event
+            while any(server.server_state.tasks for server in servers):  # noqa: ASYNC110
                 await anyio.sleep(0.01)

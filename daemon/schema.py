@@ -198,6 +198,26 @@ _ERRORS: Final = {
 }
 _TABLE_PARAM: Final = {"name": "table", "in": "query", "required": False, "schema": _TABLE}
 
+_PAIRED: Final = {
+    "type": "object",
+    "properties": {
+        "browsers": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "origin": {"type": "string"},
+                    "paired_at": {"type": "number"},
+                    "last_used": {"type": ["number", "null"]},
+                },
+                "required": ["origin", "paired_at", "last_used"],
+            },
+        },
+        "endpoint": {"type": "object"},
+    },
+    "required": ["browsers", "endpoint"],
+}
+
 OPENAPI: Final[dict[str, Any]] = {
     "openapi": "3.0.3",
     "info": {
@@ -511,6 +531,53 @@ OPENAPI: Final[dict[str, Any]] = {
                     **_ERRORS,
                 },
             }
+        },
+        "/pairing": {
+            "get": {
+                "summary": "The browsers paired with the extension endpoint, and its state",
+                "responses": {"200": _answer("Paired browsers", _PAIRED), **_ERRORS},
+            },
+            "post": {
+                "summary": "A one-time pairing code for the extension's options page (valid 5 "
+                "minutes; replaces any pending code; 5 wrong tries invalidate it)",
+                "responses": {
+                    "200": _answer(
+                        "The code",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "code": {"type": "string"},
+                                "expires_at": {"type": "number"},
+                                "endpoint": {"type": "object"},
+                            },
+                            "required": ["code", "expires_at", "endpoint"],
+                        },
+                    ),
+                    **_ERRORS,
+                },
+            },
+            "delete": {
+                "summary": "Revoke a paired browser's token",
+                "parameters": [
+                    {
+                        "name": "origin",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                    }
+                ],
+                "responses": {
+                    "200": _answer(
+                        "Revoked",
+                        {
+                            "type": "object",
+                            "properties": {"revoked": {"type": "string"}},
+                            "required": ["revoked"],
+                        },
+                    ),
+                    **_ERRORS,
+                },
+            },
         },
         "/feeds/export": {
             "get": {

@@ -105,12 +105,17 @@ class _OwnerOnly(H11Protocol):
 
 
 class UnixServer(uvicorn.Server):
-    """uvicorn on our socket, without its own signal handling."""
+    """uvicorn on our socket (or the browser endpoint's), without its own signal handling."""
 
-    def __init__(self, app: Any, sock: socket.socket, *, grace: float) -> None:
+    def __init__(
+        self, app: Any, sock: socket.socket, *, grace: float, owner_only: bool = True
+    ) -> None:
         config = uvicorn.Config(
             app,
-            http=_OwnerOnly,
+            # The peer check needs a Unix socket; the browser endpoint (TCP on loopback)
+            # checks its callers by token instead.
+            http=_OwnerOnly if owner_only else H11Protocol,
+            server_header=False,
             lifespan="off",
             log_config=None,
             access_log=False,

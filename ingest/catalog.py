@@ -114,6 +114,19 @@ MIGRATIONS: Final[tuple[sqlitedb.Migration, ...]] = (
         ) WITHOUT ROWID
         """,
     ),
+    (
+        # The browsers paired with the extension endpoint (daemon/pairing.py owns these rows):
+        # only a hash of each token is kept.
+        "0003_browsers",
+        """
+        CREATE TABLE paired_browsers (
+            origin TEXT PRIMARY KEY,
+            token_sha256 TEXT NOT NULL,
+            paired_at REAL NOT NULL,
+            last_used REAL
+        )
+        """,
+    ),
 )
 
 

@@ -16,14 +16,12 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import urlsplit, urlunsplit
 
 from ingest.catalog import Catalog
-from ingest.errors import PermanentError
+from ingest.urls import InvalidURL, normalise_url
 
 __all__ = ["EntryRow", "Feed", "FeedList", "InvalidFeedURL", "NotSubscribed", "normalise_feed_url"]
 
-MAX_URL: Final = 2000
 _COLUMNS: Final = (
     "id, url, title, site_url, etag, last_modified, next_check, interval_s, full_text, "
     "consecutive_errors, last_error, last_checked, last_success, entry_count, disabled, added_at, "
@@ -31,7 +29,7 @@ _COLUMNS: Final = (
 )
 
 
-class InvalidFeedURL(PermanentError, ValueError):  # noqa: N818 - reads as a fact
+class InvalidFeedURL(InvalidURL):
     """Not an http(s) URL a feed could live at; the message says why."""
 
 
@@ -40,28 +38,11 @@ class NotSubscribed(LookupError):  # noqa: N818
 
 
 def normalise_feed_url(url: str) -> str:
-    """`url` with scheme and host lower-cased and no fragment; raises `InvalidFeedURL`."""
-    if not isinstance(url, str) or not url.strip():
-        raise InvalidFeedURL("url: expected an http(s) URL")
-    url = url.strip()
-    if len(url) > MAX_URL:
-        raise InvalidFeedURL(f"url: {len(url)} characters; at most {MAX_URL}")
+    """`url` in `ingest.urls`' canonical form (its query kept whole); raises `InvalidFeedURL`."""
     try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as exc:
-        raise InvalidFeedURL(f"url: {url!r:.80} is not a valid URL ({exc})") from None
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidFeedURL(f"url: {url!r:.80} is not an http(s) URL")
-    if any(c.isspace() for c in url):
-        raise InvalidFeedURL(f"url: {url!r:.80} contains white space")
-    netloc = parts.netloc.rpartition("@")[2]  # credentials never go in a stored URL
-    host, sep, port = netloc.rpartition(":") if not netloc.endswith("]") else (netloc, "", "")
-    if not sep or not port.isdigit():
-        host, port = netloc, ""
-    netloc = host.lower() + (f":{port}" if port else "")
-    return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
+        return normalise_url(url)
+    except InvalidURL as exc:
+        raise InvalidFeedURL(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)

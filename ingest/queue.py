@@ -298,6 +298,14 @@ class Queue:
             row = await cur.fetchone()
         return JobInfo(*row) if row else None
 
+    async def waiting(self, source_id: str) -> bool:
+        """Whether a job for `source_id` is queued or being worked on."""
+        async with self.catalog.conn.execute(
+            "SELECT 1 FROM jobs WHERE source_id = ? AND state IN ('pending', 'running') LIMIT 1",
+            (source_id,),
+        ) as cur:
+            return await cur.fetchone() is not None
+
     async def stats(self) -> QueueStats:
         """Depth, age, in-flight, failures and why the queue waits, for status."""
         now = self._clock()

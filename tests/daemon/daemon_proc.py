@@ -33,6 +33,9 @@ lease_seconds = 5
 backoff_initial_seconds = 0.1
 backoff_max_seconds = 1
 
+[browser]
+port = 0
+
 [daemon]
 shutdown_grace_seconds = 5
 

@@ -145,7 +145,9 @@ def test_unknown_key_suggests(tmp_path: Path, env: dict[str, str]) -> None:
 
 def test_unknown_key_without_a_near_one_lists_the_keys(tmp_path: Path, env: dict[str, str]) -> None:
     message = load_error(tmp_path, env, "[browser]\nzzz = 1\n")
-    assert message.endswith("[browser] zzz: unknown key; expected one of port")
+    assert message.endswith(
+        "[browser] zzz: unknown key; expected one of deny, max_body_bytes, port"
+    )
 
 
 def test_bad_choice(tmp_path: Path, env: dict[str, str]) -> None:
@@ -160,7 +162,11 @@ def test_bad_choice(tmp_path: Path, env: dict[str, str]) -> None:
     [
         (
             "[browser]\nport = 70000",
-            "port: expected an integer from 1 to 65535, got 70000",
+            "port: expected an integer from 0 to 65535, got 70000",
+        ),
+        (
+            '[browser]\ndeny = ["https://bank.example"]',
+            "[browser] deny[0]: expected a domain, optionally with a path: 'example.com/x', got 'https://bank.example'",
         ),
         (
             "[ingest]\nchunk_overlap = 0.5",
