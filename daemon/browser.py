@@ -9,7 +9,10 @@ each failing with its own status, before anything else happens:
    alone: not one byte of the body is read first.
 2. ``Origin`` is a paired extension's (``POST /pair``: any extension's; ``GET /health``: any
    extension's, or none for a command-line probe). ``null``, web origins and a missing Origin
-   get 403. Browsers set Origin themselves; a page cannot choose its value.
+   get 403. Browsers set Origin themselves; a page cannot choose its value. One exception:
+   Chromium sends no Origin on an extension's GETs, so a GET marked ``Sec-Fetch-Site: none``
+   (made by the browser itself, never by a page) is admitted for the paired origin its token
+   belongs to.
 3. ``Content-Type: application/json`` on a body (415): a page's form post cannot send it without
    a CORS preflight, and preflights are answered only for paired origins.
 4. ``Authorization: Bearer <token>``, compared in constant time with the hash stored at pairing
@@ -128,6 +131,12 @@ class BrowserApp:
             if path in _PATHS:
                 raise _Refused(405, f"{method} {path}: method not allowed")
             raise _Refused(404, f"{path}: no such endpoint")
+        if origin is None and kind != "extension" and _extension_get(method, headers):
+            # Chromium sends no Origin on an extension's own GETs: the token says whose it is.
+            token = _bearer(headers)
+            origin = await self.pairing.origin_of(token) if token else None
+            if origin is None and kind == "paired":
+                raise _Refused(401, "Authorization: a valid bearer token is required; pair again")
         await self._check_origin(kind, origin)
         if preflight:
             await _preflight(send, origin, headers)
@@ -272,6 +281,16 @@ def _single(headers: dict[str, list[str]], name: str) -> str | None:
     if len(values) > 1:
         raise _Refused(403 if name in ("host", "origin") else 400, f"{name}: sent more than once")
     return values[0]
+
+
+def _extension_get(method: str, headers: dict[str, list[str]]) -> bool:
+    """A GET the browser made on its own behalf (``Sec-Fetch-Site: none``: no page started it).
+
+    A page's requests always say where they come from (``same-site``, ``cross-site``...), and
+    one without an Origin (an ``<img>``, a no-cors fetch) cannot carry an Authorization header
+    either, so it fails the token check anyway.
+    """
+    return method == "GET" and _single(headers, "sec-fetch-site") == "none"
 
 
 def _bearer(headers: dict[str, list[str]]) -> str | None:

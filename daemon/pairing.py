@@ -157,6 +157,18 @@ class Pairing:
             return True
         return False
 
+    async def origin_of(self, token: str) -> str | None:
+        """The paired origin `token` was issued to, if any (each stored hash compared in
+        constant time)."""
+        digest = _digest(token)
+        found = None
+        for origin, expected in (await self._load()).items():
+            if hmac.compare_digest(digest, expected):
+                found = origin
+        if found is not None:
+            self._last_used[found] = self._clock()
+        return found
+
     async def browsers(self) -> list[PairedBrowser]:
         """The paired browsers, oldest first."""
         async with self._catalog.conn.execute(

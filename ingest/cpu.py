@@ -9,13 +9,32 @@ worker processes require.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 from dataclasses import dataclass
 
 from ingest.chunking import chunk_id, chunk_text
 from ingest.documents import Document, extract
 
-__all__ = ["PreparedText", "prepare_text"]
+__all__ = ["PreparedText", "background_priority", "prepare_text"]
+
+_lowered = False
+
+
+def background_priority() -> None:
+    """Lower this worker process's CPU priority, once.
+
+    Workers do background work (extraction, embedding, parsing); the daemon's own process
+    answers people (acknowledgements, searches). On a two-core machine, two busy workers would
+    otherwise take the cores from the event loop: with a lower priority they still get every
+    idle cycle, and yield when the daemon has a request to answer.
+    """
+    global _lowered  # noqa: PLW0603 - once per worker process
+    if not _lowered:
+        _lowered = True
+        with contextlib.suppress(OSError):
+            os.nice(10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +52,7 @@ def prepare_text(payload: str, known_hash: str | None, budget: int, overlap: flo
 
     Raises `ingest.errors.InvalidDocument` or `ExtractionError` for a document that cannot work.
     """
+    background_priority()
     document = Document.from_json(payload)
     extracted = extract(document)
     content_hash = hashlib.sha256(extracted.text.encode()).hexdigest()

@@ -193,6 +193,9 @@ class HashEmbedder:
 
 def hash_embed(texts: list[str], dim: int) -> Vectors:
     """`HashEmbedder(dim).embed_sync(texts)`, as a module-level function for worker processes."""
+    from ingest.cpu import background_priority  # noqa: PLC0415 - cpu imports this module's peers
+
+    background_priority()
     return HashEmbedder(dim).embed_sync(texts)
 
 

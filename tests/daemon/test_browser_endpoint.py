@@ -175,6 +175,26 @@ def test_a_missing_origin_is_403_except_for_a_health_probe(endpoint: Endpoint) -
     assert httpx.get(f"{endpoint.base}/health").status_code == 200
 
 
+def test_the_extensions_own_gets_come_without_origin_and_are_known_by_token(
+    endpoint: Endpoint,
+) -> None:
+    """Chromium sends no Origin on an extension's GET; it marks it Sec-Fetch-Site: none."""
+    state = f"{endpoint.base}/pages/state"
+    own = {"Authorization": f"Bearer {endpoint.token}", "Sec-Fetch-Site": "none"}
+    assert httpx.get(state, params={"url": "https://x.org/"}, headers=own).status_code == 200
+    wrong = {**own, "Authorization": "Bearer forged"}
+    assert httpx.get(state, params={"url": "https://x.org/"}, headers=wrong).status_code == 401
+    for site in ("cross-site", "same-site", "same-origin"):  # a page's request
+        page_made = {**own, "Sec-Fetch-Site": site}
+        answer = httpx.get(state, params={"url": "https://x.org/"}, headers=page_made)
+        assert answer.status_code == 403, site
+    health = httpx.get(f"{endpoint.base}/health", headers=own).json()
+    assert health == {"ok": True, "paired": True}
+    assert httpx.get(f"{endpoint.base}/health", headers=wrong).json()["paired"] is False
+    posted = httpx.post(f"{endpoint.base}/search", json={"query": "x"}, headers=own)
+    assert posted.status_code == 403  # only GETs: a POST always carries its Origin
+
+
 def test_health_says_whether_the_token_is_paired(endpoint: Endpoint) -> None:
     answer = httpx.get(f"{endpoint.base}/health", headers=endpoint.headers())
     assert answer.json() == {"ok": True, "paired": True}
