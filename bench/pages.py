@@ -292,9 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="small sizes, for CI")
     args = parser.parse_args(argv)
     clients = 20
-    per_client = 2 if args.smoke else 10
-    big_pages = 20 if args.smoke else 200
-    articles = 3 if args.smoke else 15
+    per_client = 1 if args.smoke else 10
+    big_pages = 10 if args.smoke else 200
+    articles = 2 if args.smoke else 15
 
     print(f"bench/pages.py: {os.cpu_count()} CPUs{' (smoke)' if args.smoke else ''}")
     with tempfile.TemporaryDirectory(prefix="satchel-bench-") as tmp:

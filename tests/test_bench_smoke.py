@@ -116,3 +116,17 @@ def test_feeds_benchmark_smoke_run() -> None:
     assert "probe found: True" in report  # the last entry of the last feed is searchable
     assert "50 304s of 50 requests" in report  # the unchanged cycle was all conditional
     print(report)
+
+
+def test_pages_benchmark_smoke_run() -> None:
+    output = run_bench("bench/pages.py", "--smoke")
+    report = output.split("== summary ==")[1]
+    for figure in (
+        "POST /pages ack, 1 MB pages, 20 concurrent",
+        "peer: POST /documents on the Unix socket",
+        "daemon RSS while 10 pages of 5 MiB arrive",
+        "saved page -> searchable, 100 KB article",
+    ):
+        assert figure in report
+    assert "10 acked" in report  # every 5 MiB page was taken, none refused
+    print(report)
