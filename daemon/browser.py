@@ -20,8 +20,9 @@ each failing with its own status, before anything else happens:
 5. The body is capped while it streams (``[browser] max_body_bytes``, 413); a declared length
    over the cap is refused before reading.
 
-No response carries ``Access-Control-Allow-Origin: *``: only a paired origin is echoed. The
-endpoint binds 127.0.0.1 and nothing else.
+No response carries ``Access-Control-Allow-Origin: *``: only a paired origin is echoed (and,
+on ``POST /pair``, the extension pairing). Preflights are answered likewise. The endpoint binds
+127.0.0.1 and nothing else.
 
 The routes: ``POST /pages`` (202 once the job is committed), ``GET /pages/state?url=`` (the
 badge), ``POST /search`` (the popup's search, the socket API's search), ``POST /pair`` and
@@ -44,6 +45,7 @@ from daemon.schema import InvalidRequest, request_schema, validate
 from ingest.errors import InvalidDocument, TransientError
 from ingest.pages import DenyList, PageRefused, page_url, parse_capture
 from ingest.urls import InvalidURL
+from store import UnknownTable
 
 __all__ = ["BrowserApp", "bind_loopback"]
 
@@ -102,26 +104,28 @@ class BrowserApp:
         headers: dict[str, list[str]] = {}
         for name, value in scope["headers"]:
             headers.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
-        origin = _single(headers, "origin")
+        # The origin CORS headers may name: set only once the request's Origin is admitted as
+        # a paired extension's (or, for pairing itself, as an extension's), so an error
+        # answered before that grants nothing.
+        cors: list[str] = []
         try:
-            await self._checked(scope, headers, origin, receive, send)
+            await self._checked(scope, headers, cors, receive, send)
         except _Refused as exc:
-            # Echoed only to an extension; a web origin never learns anything by CORS.
-            admitted = origin is not None and is_extension_origin(origin)
-            allowed = origin if admitted and exc.status != 403 else None
+            allowed = cors[0] if cors else None
             await _respond(send, exc.status, {"error": str(exc)}, allow_origin=allowed)
 
     async def _checked(
         self,
         scope: Scope,
         headers: dict[str, list[str]],
-        origin: str | None,
+        cors: list[str],
         receive: Receive,
         send: Send,
     ) -> None:
         host = _single(headers, "host")
         if host is None or host.lower() not in self.hosts:
             raise _Refused(403, f"Host: {host!r:.80} is not this endpoint's address")
+        origin = _single(headers, "origin")
         method, path = scope["method"], scope["path"]
         preflight = method == "OPTIONS"
         if preflight:
@@ -137,9 +141,11 @@ class BrowserApp:
             origin = await self.pairing.origin_of(token) if token else None
             if origin is None and kind == "paired":
                 raise _Refused(401, "Authorization: a valid bearer token is required; pair again")
-        await self._check_origin(kind, origin)
+        await self._check_origin(kind, origin, headers)
+        if origin is not None and (kind == "extension" or await self.pairing.is_paired(origin)):
+            cors.append(origin)
         if preflight:
-            await _preflight(send, origin, headers)
+            await _preflight(send, cors[0] if cors else None, headers)
             return
         if method == "POST":
             kind_header = (_single(headers, "content-type") or "").split(";")[0].strip().lower()
@@ -156,11 +162,17 @@ class BrowserApp:
         status, answer = await self._route(
             method, path, scope=scope, body=body, origin=origin, token=token
         )
-        await _respond(send, status, answer, allow_origin=origin)
+        await _respond(send, status, answer, allow_origin=cors[0] if cors else None)
 
-    async def _check_origin(self, kind: str, origin: str | None) -> None:
+    async def _check_origin(
+        self, kind: str, origin: str | None, headers: dict[str, list[str]]
+    ) -> None:
         if kind == "probe" and origin is None:
-            return  # `curl /health`; a browser always sends Origin on a cross-origin request
+            # `curl /health`, or the extension's own GET; a page's request says where it
+            # comes from, and a page must not even learn whether Satchel answers here.
+            if _single(headers, "sec-fetch-site") in (None, "none"):
+                return
+            raise _Refused(403, "Origin: required")
         if origin is None:
             raise _Refused(403, "Origin: required")
         if not is_extension_origin(origin):
@@ -222,10 +234,12 @@ class BrowserApp:
             return 200, await self._search(body)
         except _Refused:
             raise
-        except (InvalidDocument, InvalidRequest) as exc:
+        except (InvalidDocument, InvalidRequest) as exc:  # before ValueError: both are one
             raise _Refused(400, str(exc)) from None
         except (InvalidURL, PageRefused) as exc:
             raise _Refused(422, str(exc)) from None
+        except UnknownTable as exc:
+            raise _Refused(404, str(exc).strip("'\"")) from None
         except (NotReady, TransientError) as exc:
             raise _Refused(503, str(exc)) from None
         except ValueError as exc:

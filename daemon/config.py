@@ -226,7 +226,7 @@ class BrowserConfig:
     max_body_bytes: int = field(default=5 * 1024 * 1024, metadata=_rule(ge=1024))
     deny: tuple[str, ...] = field(
         default=DEFAULT_DENY,
-        metadata=_rule(shape=(is_deny_rule, "a domain, optionally with a path: 'example.com/x'")),
+        metadata=_rule(shape=(is_deny_rule, "a domain or 'name.*', optionally with a path")),
     )
 
 

@@ -320,8 +320,9 @@ async def run(config: Config) -> int:
                     async def serve_then_signal() -> None:
                         try:
                             async with anyio.create_task_group() as serving:
-                                for each in servers:
-                                    serving.start_soon(each.run_until_stopped)
+                                serving.start_soon(server.run_until_stopped)
+                                if browser is not None:
+                                    serving.start_soon(_serve_browser, browser, satchel)
                         finally:
                             served.set()
 
@@ -398,6 +399,15 @@ def _browser_endpoint(config: Config, satchel: Satchel) -> UnixServer | None:
     app = BrowserApp(satchel, satchel.pairing, config.browser, bound)
     _log.info("browser endpoint on http://127.0.0.1:%d", bound)
     return UnixServer(app, sock, grace=config.daemon.shutdown_grace_seconds, owner_only=False)
+
+
+async def _serve_browser(browser: UnixServer, satchel: Satchel) -> None:
+    """Serve the browser endpoint; if it fails, say so and leave the socket API serving."""
+    try:
+        await browser.run_until_stopped()
+    except Exception as exc:
+        _log.exception("browser endpoint stopped: %s", exc)
+        satchel.browser = {**satchel.browser, "state": "failed", "error": f"stopped: {exc}"}
 
 
 async def _signals(

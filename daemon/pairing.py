@@ -11,7 +11,7 @@ Tokens are 256-bit random strings: a plain hash is enough (there is nothing to b
 there would be with a password), and it is compared in constant time.
 
 One code is pending at a time; asking again replaces it. Five wrong codes in a row invalidate
-it, so guessing (1 in 32^8 per try) is bounded long before it could succeed.
+it, so guessing (1 in 31^8 per try) is bounded long before it could succeed.
 """
 
 from __future__ import annotations

@@ -12,9 +12,10 @@ HTML is preferred to text: the daemon extracts it the same way as everything els
 extension's text is used only when no HTML comes.
 
 `DenyList` is the daemon's own refusal of pages, applied whatever the extension is set to: a
-misconfigured extension must not be able to push a banking page. A rule is a domain, which
-covers its subdomains (``paypal.com``), optionally with a path prefix (``google.com/search``);
-a leading ``*.`` is allowed and means the same (``*.bank``).
+misconfigured extension must not be able to push a banking page. The rules are written as in
+the extension: a domain covers its subdomains (``paypal.com``; a leading ``*.`` means the same,
+``*.bank``); ``mychart.*`` is any host with the label ``mychart`` followed by more labels
+(``mychart.example.org``); either may end in a path prefix (``google.*/search``).
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ __all__ = [
 
 MODES: Final = ("manual", "selection", "auto")
 
-# Pages nobody wants in a searchable index by accident: webmail, banking and payments, health
-# portals, and search-result pages (they are queries, not reading).
+# Pages nobody wants in a searchable index by accident: webmail, sign-in pages, banking and
+# payments, health portals, and search-result pages (they are queries, not reading). The
+# extension's default auto-save deny list starts from the same rules.
 DEFAULT_DENY: Final = (
     "mail.google.com",
     "outlook.live.com",
@@ -53,19 +55,24 @@ DEFAULT_DENY: Final = (
     "outlook.office365.com",
     "mail.yahoo.com",
     "mail.proton.me",
+    "accounts.google.com",
+    "login.microsoftonline.com",
     "*.bank",
     "paypal.com",
     "chase.com",
     "bankofamerica.com",
     "wellsfargo.com",
-    "mychart.com",
-    "google.com/search",
+    "citi.com",
+    "capitalone.com",
+    "mychart.*",
+    "google.*/search",
     "bing.com/search",
+    "search.yahoo.com",
     "duckduckgo.com",
 )
 
 _LABEL: Final = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
-_RULE: Final = re.compile(rf"(?:\*\.)?({_LABEL}(?:\.{_LABEL})*)(/[^\s]*)?")
+_RULE: Final = re.compile(rf"(?:\*\.)?({_LABEL}(?:\.{_LABEL})*)(\.\*)?(/\S*)?")
 _LANG: Final = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*")
 _MAX_TITLE: Final = 1000
 
@@ -81,16 +88,22 @@ def is_deny_rule(rule: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class _Rule:
-    domain: str
+    labels: tuple[str, ...]
+    any_suffix: bool  # "mychart.*": these labels followed by at least one more, anywhere
     path: str
 
-    def matches(self, host: str, path: str) -> bool:
-        in_domain = host == self.domain or host.endswith("." + self.domain)
-        return in_domain and path.startswith(self.path)
+    def matches(self, host: tuple[str, ...], path: str) -> bool:
+        if not path.startswith(self.path):
+            return False
+        size = len(self.labels)
+        if not self.any_suffix:  # the domain itself or a subdomain
+            return host[-size:] == self.labels
+        return any(host[i : i + size] == self.labels for i in range(len(host) - size))
 
 
 class DenyList:
-    """Rules that refuse a page by its host and path (see the module docstring)."""
+    """Rules that refuse a page by its host and path (see the module docstring). Matching
+    ignores case, paths included: a deny list errs on the side of refusing."""
 
     def __init__(self, rules: Iterable[str]) -> None:
         self.rules: list[_Rule] = []
@@ -98,13 +111,15 @@ class DenyList:
             match = _RULE.fullmatch(text.strip().lower())
             if match is None:
                 raise ValueError(f"deny rule {text!r}: expected a domain, optionally with a path")
-            self.rules.append(_Rule(match[1], match[2] or ""))
+            labels = tuple(match[1].split("."))
+            self.rules.append(_Rule(labels, match[2] is not None, match[3] or ""))
 
     def refuses(self, url: str) -> bool:
         """Whether a (normalised) `url` falls under a rule."""
         parts = urlsplit(url)
-        host = (parts.hostname or "").rstrip(".")
-        return any(rule.matches(host, parts.path or "/") for rule in self.rules)
+        host = tuple((parts.hostname or "").rstrip(".").split("."))
+        path = (parts.path or "/").lower()
+        return any(rule.matches(host, path) for rule in self.rules)
 
 
 def page_url(url: object) -> str:
@@ -165,7 +180,7 @@ def parse_capture(body: Mapping[str, Any], deny: DenyList) -> Capture:
         if value is not None and not isinstance(value, str):
             raise InvalidDocument(f"{name}: expected a string, got {type(value).__name__}")
         strings[name] = value
-    url = page_url(strings["url"])  # InvalidURL is an InvalidDocument's sibling: both 400
+    url = page_url(strings["url"])  # raises InvalidURL (answered 422: not a page we take)
     if deny.refuses(url):
         raise PageRefused(f"url: {urlsplit(url).hostname} is on the daemon's deny list")
     title = strings["title"]

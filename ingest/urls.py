@@ -10,7 +10,7 @@ the browser's pages need and a feed's own URL must keep (a feed's query can sele
 from __future__ import annotations
 
 from typing import Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from ingest.errors import PermanentError
 
@@ -60,12 +60,15 @@ def normalise_url(url: str, *, strip_tracking: bool = False) -> str:
     netloc = host.lower() + (f":{port}" if port else "")
     query = parts.query
     if strip_tracking and query:
-        kept = [
-            (key, value)
-            for key, value in parse_qsl(query, keep_blank_values=True)
-            if key.lower() not in _TRACKING and not key.lower().startswith(_TRACKING_PREFIXES)
-        ]
-        # Rebuilt only when something went: re-encoding can respell an untouched query.
-        if len(kept) != len(parse_qsl(query, keep_blank_values=True)):
-            query = urlencode(kept)
+        # Segments are dropped by their decoded name and the rest kept byte for byte:
+        # re-encoding would respell them (%20 as +, a bare "flag" as "flag="), and one page
+        # would get two source ids.
+        query = "&".join(
+            segment for segment in query.split("&") if segment and not _is_tracking(segment)
+        )
     return urlunsplit((scheme, netloc, parts.path or "/", query, ""))
+
+
+def _is_tracking(segment: str) -> bool:
+    name = unquote_plus(segment.partition("=")[0]).lower()
+    return name in _TRACKING or name.startswith(_TRACKING_PREFIXES)

@@ -6,7 +6,7 @@ import { nextBackoff, retryDue } from './lib/backoff.js';
 import { buildCapture } from './lib/capture.js';
 import { DaemonClient } from './lib/client.js';
 import { CaptureQueue } from './lib/queue.js';
-import { autoSaveEligibility, isHttpUrl } from './lib/rules.js';
+import { autoSaveEligibility, isDenied, isHttpUrl } from './lib/rules.js';
 import { daemonBase, normalizePairingCode, normalizeSettings } from './lib/settings.js';
 
 const storage = api.storage.local;
@@ -101,7 +101,8 @@ async function refreshBadge(tabId, knownUrl) {
     return null;
   }
   const url = knownUrl ?? (await tabUrl(tab));
-  if (!url || !isHttpUrl(url) || tab.incognito) {
+  // Pages on the deny list are not even looked up: the daemon hears nothing of them.
+  if (!url || !isHttpUrl(url) || tab.incognito || isDenied(url, await getSettings())) {
     await setBadge(tabId, null);
     return null;
   }
@@ -277,6 +278,11 @@ async function saveTab(tabId, mode = 'manual', opts = {}) {
     tab = await api.tabs.get(tabId);
   } catch {
     return { status: 'refused', error: 'no such tab' };
+  }
+  // Never from a private window, whatever the user allowed the extension: nothing of it may
+  // reach the daemon, or the queue on disk while the daemon is down.
+  if (tab.incognito) {
+    return { status: 'refused', error: 'Satchel never saves pages from private windows.' };
   }
   const page = await extract(tabId, mode);
   const url = page?.url ?? tab.url;

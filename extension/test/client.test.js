@@ -7,7 +7,9 @@ test('response classification', () => {
   assert.equal(classifyStatus(202), 'done');
   assert.equal(classifyStatus(401), 'unpaired');
   assert.equal(classifyStatus(403), 'unpaired');
-  for (const s of [400, 404, 413, 415, 422]) assert.equal(classifyStatus(s), 'drop', String(s));
+  for (const s of [400, 413, 415, 422]) assert.equal(classifyStatus(s), 'drop', String(s));
+  // Something else on the port (a wrong port setting): keep the captures.
+  for (const s of [404, 405]) assert.equal(classifyStatus(s), 'retry', String(s));
   for (const s of [0, 408, 429, 500, 502, 503, 504]) assert.equal(classifyStatus(s), 'retry', String(s));
 });
 

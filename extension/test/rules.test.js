@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
+  isDenied,
   DEFAULT_DENY_LIST,
   autoSaveEligibility,
   dwellReached,
@@ -135,4 +136,12 @@ test('dwell threshold decision', () => {
   assert.equal(dwellReached(45_000, 30), true);
   assert.equal(dwellReached(0, 1), false);
   assert.equal(dwellReached(NaN, 30), false);
+});
+
+test('deny-listed pages are recognised for the badge lookup too', () => {
+  const settings = normalizeSettings({});
+  assert.equal(isDenied('https://mail.google.com/mail/u/0/', settings), true);
+  assert.equal(isDenied('https://www.chase.com/', settings), true);
+  assert.equal(isDenied('https://example.com/article', settings), false);
+  assert.equal(isDenied('chrome://settings', settings), false);
 });

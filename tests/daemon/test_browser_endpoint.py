@@ -23,6 +23,7 @@ from tests.daemon.daemon_proc import FAST_CONFIG, DaemonProcess
 CHROME = "chrome-extension://" + "c" * 32
 OTHER_EXTENSION = "chrome-extension://" + "d" * 32
 FIREFOX = "moz-extension://0f3a1c2e-1b2c-4d5e-8f90-123456789abc"
+FIREFOX_PAIRED = "moz-extension://9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b"  # paired by one test
 NOW = "2026-11-24T10:00:00.000Z"
 
 
@@ -202,7 +203,12 @@ def test_health_says_whether_the_token_is_paired(endpoint: Endpoint) -> None:
     wrong = endpoint.headers(Authorization="Bearer nope")
     assert httpx.get(f"{endpoint.base}/health", headers=wrong).json()["paired"] is False
     web = httpx.get(f"{endpoint.base}/health", headers={"Origin": "https://example.com"})
-    assert web.status_code == 403  # a web page cannot even learn that Satchel runs
+    assert web.status_code == 403  # nothing for a page to read (it could still see a port answer)
+    no_origin = httpx.get(f"{endpoint.base}/health", headers={"Sec-Fetch-Site": "cross-site"})
+    assert no_origin.status_code == 403  # a page's no-cors GET carries no Origin
+    unpaired = httpx.get(f"{endpoint.base}/health", headers={"Origin": OTHER_EXTENSION})
+    assert unpaired.json()["paired"] is False
+    assert "access-control-allow-origin" not in unpaired.headers
 
 
 def test_preflight_is_answered_for_paired_origins_only(endpoint: Endpoint) -> None:
@@ -251,10 +257,10 @@ def test_a_bad_token_is_401(endpoint: Endpoint, authorization: str | None) -> No
 
 
 def test_a_token_works_only_for_its_own_origin(endpoint: Endpoint) -> None:
-    firefox_token = endpoint.pair(FIREFOX)
+    firefox_token = endpoint.pair(FIREFOX_PAIRED)
     mixed = {"Origin": CHROME, "Authorization": f"Bearer {firefox_token}"}
     assert httpx.post(f"{endpoint.base}/pages", json=page(), headers=mixed).status_code == 401
-    own = {"Origin": FIREFOX, "Authorization": f"Bearer {firefox_token}"}
+    own = {"Origin": FIREFOX_PAIRED, "Authorization": f"Bearer {firefox_token}"}
     assert httpx.post(f"{endpoint.base}/pages", json=page(), headers=own).status_code == 202
 
 
@@ -292,16 +298,51 @@ def test_the_endpoint_listens_on_127_0_0_1_only(endpoint: Endpoint) -> None:
     assert listening == ["0100007F"]  # 127.0.0.1, little-endian; no wildcard, no IPv6
 
 
-def test_no_response_ever_allows_every_origin(endpoint: Endpoint) -> None:
+def test_cors_names_only_a_paired_origin_and_never_every_origin(endpoint: Endpoint) -> None:
+    asks = {"Access-Control-Request-Method": "POST"}
+    unpaired = {"Origin": OTHER_EXTENSION, "Authorization": f"Bearer {endpoint.token}"}
     answers = [
         httpx.get(f"{endpoint.base}/health", headers={"Origin": CHROME}),
         endpoint.post("/pages", page()),
         endpoint.post("/pages", {"mode": "x"}),
         endpoint.post("/search", {"query": "tomatoes"}),
         httpx.get(f"{endpoint.base}/nowhere", headers=endpoint.headers()),
+        httpx.get(f"{endpoint.base}/nowhere", headers=unpaired),
+        httpx.get(f"{endpoint.base}/pages", headers=unpaired),  # 405
+        httpx.get(f"{endpoint.base}/health", headers=unpaired),
+        httpx.post(f"{endpoint.base}/pages", content=b"x", headers=unpaired),
+        httpx.options(f"{endpoint.base}/pages", headers={**unpaired, **asks}),
+        httpx.options(f"{endpoint.base}/search", headers={"Origin": "https://a.example", **asks}),
     ]
     for answer in answers:
-        assert answer.headers.get("access-control-allow-origin") in (None, CHROME)
+        allowed = answer.headers.get("access-control-allow-origin")
+        assert allowed in (None, CHROME), (answer.request.url, answer.status_code, allowed)
+        if answer.request.headers.get("origin") != CHROME:
+            assert allowed is None, (answer.request.url, answer.status_code)
+    # Pairing names the extension pairing (it is not paired yet: that is the point).
+    failed = httpx.post(
+        f"{endpoint.base}/pair", json={"code": "x"}, headers={"Origin": OTHER_EXTENSION}
+    )
+    assert failed.headers["access-control-allow-origin"] == OTHER_EXTENSION
+
+
+def test_doubled_origin_or_token_headers_are_refused(endpoint: Endpoint) -> None:
+    base = (
+        f"POST /pages HTTP/1.1\nHost: 127.0.0.1:{endpoint.port}\n"
+        "Content-Type: application/json\nContent-Length: 2\n"
+    )
+    token = f"Authorization: Bearer {endpoint.token}\n"
+    two_origins = f"{base}Origin: {CHROME}\nOrigin: https://a.example\n{token}"
+    assert raw(endpoint.port, two_origins, b"{}")[0] == 403
+    two_tokens = (
+        f"{base}Origin: {CHROME}\nAuthorization: Bearer {endpoint.token}\nAuthorization: Bearer x\n"
+    )
+    assert raw(endpoint.port, two_tokens, b"{}")[0] == 400
+
+
+def test_an_unknown_table_is_404(endpoint: Endpoint) -> None:
+    answer = endpoint.post("/search", {"query": "x", "table": "no_such_table"})
+    assert answer.status_code == 404, answer.text
 
 
 # -- pairing over HTTP ---------------------------------------------------------------------------
@@ -374,7 +415,7 @@ def test_a_page_is_saved_under_its_normal_url_and_the_badge_says_so(endpoint: En
     }
 
 
-def test_an_unchanged_page_does_no_work_and_a_changed_one_replaces_its_chunks(
+def test_an_unchanged_page_keeps_its_chunks_and_a_changed_one_replaces_them(
     endpoint: Endpoint,
 ) -> None:
     url = "https://example.com/changing"
@@ -391,7 +432,9 @@ def test_an_unchanged_page_does_no_work_and_a_changed_one_replaces_its_chunks(
         return {r["id"] for r in found if r["source_id"] == url}
 
     first = save("Basil likes warm soil and full sun.")
-    assert save("Basil likes warm soil and full sun.") == first  # no new chunk written
+    # Same text again: same chunks (the pipeline's hash check, which skips extraction's
+    # aftermath and all embedding, is tested in tests/ingest/test_pipeline.py).
+    assert save("Basil likes warm soil and full sun.") == first
     second = save("Rosemary survives dry winters on a sunny wall.")
     assert second
     assert not second & first

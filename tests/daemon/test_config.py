@@ -166,7 +166,8 @@ def test_bad_choice(tmp_path: Path, env: dict[str, str]) -> None:
         ),
         (
             '[browser]\ndeny = ["https://bank.example"]',
-            "[browser] deny[0]: expected a domain, optionally with a path: 'example.com/x', got 'https://bank.example'",
+            "[browser] deny[0]: expected a domain or 'name.*', optionally with a path, got "
+            "'https://bank.example'",
         ),
         (
             "[ingest]\nchunk_overlap = 0.5",

@@ -405,7 +405,7 @@ async def test_an_opml_file_of_300_feeds_is_polled_by_the_running_poller(
     [
         ("HTTPS://Example.ORG/Feed?x=1#frag", "https://example.org/Feed?x=1"),
         ("http://user:pw@example.org:8080", "http://example.org:8080/"),
-        ("http://[::1]:80/f", "http://[::1]:80/f"),
+        ("http://[::1]:80/f", "http://[::1]/f"),  # the default port is no part of a name
     ],
 )
 def test_feed_urls_are_normalised(url: str, normal: str) -> None:

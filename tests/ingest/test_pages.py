@@ -26,8 +26,13 @@ NOW = "2026-11-24T10:00:00.000Z"
         ("https://example.com/a?utm_source=rss&utm_medium=x&id=7", "https://example.com/a?id=7"),
         ("https://example.com/a?fbclid=abc", "https://example.com/a"),
         ("https://example.com/a?gclid=1&b=2&UTM_Campaign=z", "https://example.com/a?b=2"),
-        # Untouched queries keep their exact spelling (order, encoding).
+        # What is kept keeps its exact spelling (order, encoding, bare flags), whether or not
+        # something was dropped beside it: one page, one source id.
         ("https://example.com/a?b=%2F&a=1", "https://example.com/a?b=%2F&a=1"),
+        ("https://example.com/a?q=a%20b&utm_source=x", "https://example.com/a?q=a%20b"),
+        ("https://example.com/a?flag&utm_medium=x", "https://example.com/a?flag"),
+        ("https://example.com/a?a=1;b=2&fbclid=z", "https://example.com/a?a=1;b=2"),
+        ("https://example.com/a?utm%5Fsource=x&b=c+d", "https://example.com/a?b=c+d"),
         ("https://[::1]:8443/x", "https://[::1]:8443/x"),
     ],
 )
@@ -70,6 +75,11 @@ def test_bad_page_urls_are_refused_with_the_reason(raw: str, why: str) -> None:
         ("https://mybank.bank/login", True),
         ("https://duckduckgo.com/?q=x", True),
         ("https://example.com/", False),
+        ("https://www.google.co.uk/search?q=x", True),  # google.*/search
+        ("https://mychart.example.org/visit", True),  # mychart.*
+        ("https://www.mychart.health.net/", True),
+        ("https://mychart/", False),  # the label must be followed by more
+        ("https://www.GOOGLE.com/SEARCH?q=x", True),  # case ignored, paths too
     ],
 )
 def test_the_default_deny_list(url: str, refused: bool) -> None:
@@ -80,6 +90,7 @@ def test_deny_rules_are_checked() -> None:
     assert is_deny_rule("example.com")
     assert is_deny_rule("*.bank")
     assert is_deny_rule("Example.com/Search")
+    assert is_deny_rule("google.*/search")
     for bad in ("", "https://example.com", "exa mple.com", "-bad.com", "*.*"):
         assert not is_deny_rule(bad), bad
     with pytest.raises(ValueError, match="deny rule 'https://x'"):

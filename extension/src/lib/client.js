@@ -5,13 +5,15 @@
  * What to do with a capture after the daemon answered `status` (0 = no answer at all):
  *   'done'     2xx: saved (202 accepted)
  *   'unpaired' 401/403: no valid token for this origin; keep the capture until paired
- *   'retry'    network error, timeout, 408, 429, 5xx: keep it and back off
+ *   'retry'    network error, timeout, 404, 405, 408, 429, 5xx: keep it and back off (a 404
+ *              or 405 means something other than Satchel answers on that port: a wrong port
+ *              setting must not cost the user the captures waiting in the queue)
  *   'drop'     any other 4xx (400, 413, 415, 422...): it will never be accepted; drop it
  */
 export function classifyStatus(status) {
   if (status >= 200 && status < 300) return 'done';
   if (status === 401 || status === 403) return 'unpaired';
-  if (status === 408 || status === 429) return 'retry';
+  if ([404, 405, 408, 429].includes(status)) return 'retry';
   if (status >= 400 && status < 500) return 'drop';
   return 'retry'; // 0 (network error), 5xx, and anything unexpected
 }

@@ -127,6 +127,14 @@ export function autoSaveEligibility({ url, incognito, settings }) {
   return rule ? { ok: false, reason: 'denied', rule: rule.source } : { ok: true };
 }
 
+/**
+ * Is this page on the deny list? Such pages are never looked up on the daemon (no badge), so
+ * the daemon hears nothing of a banking or webmail page the user merely visits.
+ */
+export function isDenied(url, settings) {
+  return isHttpUrl(url) && findMatchingRule(settings?.denyList ?? '', url) !== null;
+}
+
 /** Has the page been actively looked at long enough to be auto-saved? */
 export function dwellReached(activeMs, dwellSeconds) {
   return Number.isFinite(activeMs) && activeMs >= Math.max(0, dwellSeconds) * 1000;
