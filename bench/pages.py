@@ -9,7 +9,8 @@ extension Origin), spoken to over real TCP on 127.0.0.1:
 
 - ``POST /pages`` acknowledgement latency with 1 MB pages from 20 concurrent clients (each a
   keep-alive connection), beside the same pages through the Unix socket's ``POST /documents``
-  in the same run: the peer that shares everything but the endpoint's checks;
+  in the same run (the peer that shares everything but the endpoint's checks), and beside the
+  same pages sent one at a time (what one acknowledgement costs without waiting its turn);
 - the daemon's RSS while 200 pages of 5 MiB arrive (10 at a time), sampled every 20 ms: the
   endpoint holds at most one capped body per request, so it must stay bounded;
 - saved page -> searchable, for a 100 KB article: from sending ``POST /pages`` to the first
@@ -171,8 +172,11 @@ def browser_head(port: int, token: str) -> str:
 SOCKET_HEAD = "POST /documents HTTP/1.1\nHost: satchel\nContent-Type: application/json\n"
 
 
-def ack_figures(home: Path, clients: int, per_client: int) -> tuple[list[float], list[float]]:
-    """Acks for 1 MB pages over the endpoint, then the same pages over the socket."""
+def ack_figures(
+    home: Path, clients: int, per_client: int
+) -> tuple[list[float], list[float], list[float]]:
+    """Acks for 1 MB pages over the endpoint, the same pages over the socket, and the same
+    pages over the endpoint one at a time (what one request costs, without queueing)."""
     html = [article(1_000_000, f"ackpage{i}", i) for i in range(clients)]
     daemon = DaemonProcess(home, CONFIG).start()
     try:
@@ -190,9 +194,13 @@ def ack_figures(home: Path, clients: int, per_client: int) -> tuple[list[float],
         over_socket = anyio.run(
             send_many, lambda: anyio.connect_unix(str(daemon.socket)), SOCKET_HEAD, documents
         )
+        alone = [page_body(f"https://example.com/one/{i}", html[i]) for i in range(clients)]
+        one_at_a_time = anyio.run(
+            send_many, lambda: anyio.connect_tcp("127.0.0.1", port), head, [alone]
+        )
     finally:
         daemon.stop()
-    return over_tcp, over_socket
+    return over_tcp, over_socket, one_at_a_time
 
 
 def rss_figures(home: Path, pages: int, at_once: int) -> tuple[float, float, float, int]:
@@ -299,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench/pages.py: {os.cpu_count()} CPUs{' (smoke)' if args.smoke else ''}")
     with tempfile.TemporaryDirectory(prefix="satchel-bench-") as tmp:
         searchable, searchable_peer = searchable_figures(Path(tmp) / "searchable", articles)
-        acks, acks_peer = ack_figures(Path(tmp) / "acks", clients, per_client)
+        acks, acks_peer, acks_alone = ack_figures(Path(tmp) / "acks", clients, per_client)
         idle, peak, elapsed, arrived = rss_figures(Path(tmp) / "rss", big_pages, 10)
 
     print("\n== summary ==")
@@ -315,6 +323,13 @@ def main(argv: list[str] | None = None) -> int:
         "  peer: POST /documents on the Unix socket",
         f"p50 {statistics.median(acks_peer) * 1000:.1f} ms, "
         f"p99 {percentile(acks_peer, 0.99) * 1000:.1f} ms ({len(acks_peer)} requests)",
+        "—",
+        None,
+    )
+    line(
+        "  the same pages one at a time (1 client)",
+        f"p50 {statistics.median(acks_alone) * 1000:.1f} ms, "
+        f"p99 {percentile(acks_alone, 0.99) * 1000:.1f} ms ({len(acks_alone)} requests)",
         "—",
         None,
     )
