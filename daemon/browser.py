@@ -26,13 +26,15 @@ on ``POST /pair``, the extension pairing). Preflights are answered likewise. The
 
 The routes: ``POST /pages`` (202 once the job is committed), ``GET /pages/state?url=`` (the
 badge), ``POST /search`` (the popup's search, the socket API's search), ``POST /pair`` and
-``GET /health``.
+``GET /health`` (with ``?challenge=``, the daemon's proof that it is itself: see
+`daemon.pairing`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -221,10 +223,17 @@ class BrowserApp:
                     and token is not None
                     and await self.pairing.check(origin, token)
                 )
-                return 200, {"ok": True, "paired": paired}
+                answer: dict[str, Any] = {"ok": True, "paired": paired}
+                challenge = _challenge(scope)
+                if challenge is not None:
+                    answer["proof"] = await self.pairing.prove(challenge)
+                return 200, answer
             if path == "/pair":
                 assert origin is not None
-                return 200, await self._pair(body, origin)
+                return 200, {
+                    **await self._pair(body, origin),
+                    "daemon_key": (await self.pairing.key()).hex(),
+                }
             if path == "/pages":
                 capture = parse_capture(body, self.deny)
                 job = await self.satchel.add_document(capture.document())
@@ -285,6 +294,16 @@ class BrowserApp:
             table=body.get("table"),
         )
         return {"results": found.results, "warning": found.warning}
+
+
+def _challenge(scope: Scope) -> bytes | None:
+    """``?challenge=``: 16 to 64 random bytes in hex, for the daemon to prove itself on."""
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("challenge")
+    if not values:
+        return None
+    if len(values) != 1 or not re.fullmatch(r"(?:[0-9a-fA-F]{2}){16,64}", values[0]):
+        raise InvalidRequest("challenge: expected 16 to 64 bytes in hex, once")
+    return bytes.fromhex(values[0])
 
 
 def _single(headers: dict[str, list[str]], name: str) -> str | None:

@@ -10,6 +10,12 @@ Only the token's SHA-256 is stored, so the catalog file leaks nothing that opens
 Tokens are 256-bit random strings: a plain hash is enough (there is nothing to brute-force, as
 there would be with a password), and it is compared in constant time.
 
+The extension must also know it is talking to this daemon before it sends a token or a page:
+while the daemon is down, another local user could bind its port. So pairing also hands the
+extension the daemon's key (32 random bytes, made once, kept in the catalog), and ``GET
+/health?challenge=<hex>`` answers with HMAC-SHA256(key, challenge). The extension checks that
+proof, with no token sent, before anything else; an impostor cannot compute it.
+
 One code is pending at a time; asking again replaces it. Five wrong codes in a row invalidate
 it, so guessing (1 in 31^8 per try) is bounded long before it could succeed.
 """
@@ -92,6 +98,7 @@ class Pairing:
         # only writer), so checking a request costs no database read.
         self._hashes: dict[str, str] | None = None
         self._last_used: dict[str, float] = {}
+        self._key: bytes | None = None
 
     async def _load(self) -> dict[str, str]:
         if self._hashes is None:
@@ -106,6 +113,24 @@ class Pairing:
         raw = "".join(secrets.choice(_ALPHABET) for _ in range(8))
         self._pending = _Pending(raw, self._clock() + CODE_SECONDS)
         return f"{raw[:4]}-{raw[4:]}", self._pending.expires
+
+    async def key(self) -> bytes:
+        """The daemon's key (made on first use, then kept)."""
+        if self._key is None:
+
+            def load_or_make(conn: sqlite3.Connection) -> bytes:
+                conn.execute(
+                    "INSERT OR IGNORE INTO daemon_identity (id, key) VALUES (1, ?)",
+                    (secrets.token_bytes(32),),
+                )
+                return bytes(conn.execute("SELECT key FROM daemon_identity").fetchone()[0])
+
+            self._key = await self._catalog.write(load_or_make)
+        return self._key
+
+    async def prove(self, challenge: bytes) -> str:
+        """HMAC-SHA256 of `challenge` under the daemon's key, hex: the daemon's proof."""
+        return hmac.new(await self.key(), challenge, hashlib.sha256).hexdigest()
 
     async def redeem(self, code: str, origin: str) -> str:
         """Exchange `code` for a token bound to `origin`; raises `PairingFailed`."""

@@ -116,7 +116,7 @@ MIGRATIONS: Final[tuple[sqlitedb.Migration, ...]] = (
     ),
     (
         # The browsers paired with the extension endpoint (daemon/pairing.py owns these rows):
-        # only a hash of each token is kept.
+        # only a hash of each token is kept; and the key the daemon proves itself with.
         "0003_browsers",
         """
         CREATE TABLE paired_browsers (
@@ -124,6 +124,10 @@ MIGRATIONS: Final[tuple[sqlitedb.Migration, ...]] = (
             token_sha256 TEXT NOT NULL,
             paired_at REAL NOT NULL,
             last_used REAL
+        );
+        CREATE TABLE daemon_identity (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            key BLOB NOT NULL
         )
         """,
     ),

@@ -36,8 +36,12 @@ async function getToken() {
 }
 
 async function client() {
-  const [settings, token] = await Promise.all([getSettings(), getToken()]);
-  return new DaemonClient({ base: daemonBase(settings), token });
+  const [settings, token, { daemonKey }] = await Promise.all([
+    getSettings(),
+    getToken(),
+    storage.get('daemonKey'),
+  ]);
+  return new DaemonClient({ base: daemonBase(settings), token, key: daemonKey });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -385,7 +389,7 @@ async function pair(input) {
   const [c, settings] = await Promise.all([client(), getSettings()]);
   const r = await c.pair(code);
   if (r.ok && typeof r.body?.token === 'string' && r.body.token) {
-    await storage.set({ token: r.body.token });
+    await storage.set({ token: r.body.token, daemonKey: r.body.daemon_key ?? null });
     flushQueue();
     activeTab().then((t) => t && refreshBadge(t.id));
     return { ok: true, origin: r.body.origin ?? null };
@@ -398,7 +402,7 @@ async function pair(input) {
 }
 
 async function unpair() {
-  await storage.remove('token');
+  await storage.remove(['token', 'daemonKey']);
   return { ok: true };
 }
 

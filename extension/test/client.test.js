@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { DaemonClient, classifyStatus } from '../src/lib/client.js';
+import { createHmac } from 'node:crypto';
+import { DaemonClient, classifyStatus, proofFor } from '../src/lib/client.js';
 
 test('response classification', () => {
   assert.equal(classifyStatus(200), 'done');
@@ -121,4 +122,56 @@ test('pair sends the code without a token; state and search encode their input',
   c = new DaemonClient({ base: 'http://127.0.0.1:4017', token: 't', fetch: f });
   await c.search('hello world');
   assert.deepEqual(JSON.parse(f.calls[0].init.body), { query: 'hello world', top_k: 10 });
+});
+
+const KEY = '11'.repeat(32);
+
+/** A daemon on the port: the real one (knows KEY) or an impostor; records what it was sent. */
+function daemonAt({ knowsKey }) {
+  const calls = [];
+  const fn = async (url, init) => {
+    calls.push({ url, init });
+    const u = new URL(url);
+    if (u.pathname === '/health') {
+      const challenge = u.searchParams.get('challenge');
+      const proof = knowsKey
+        ? createHmac('sha256', Buffer.from(KEY, 'hex')).update(Buffer.from(challenge, 'hex')).digest('hex')
+        : 'f'.repeat(64);
+      return new Response(JSON.stringify({ ok: true, paired: false, proof }), { status: 200 });
+    }
+    return new Response(JSON.stringify({ job: 1, url: 'https://example.com/' }), { status: 202 });
+  };
+  fn.calls = calls;
+  return fn;
+}
+
+test('proofFor is HMAC-SHA256', async () => {
+  const expected = createHmac('sha256', Buffer.from(KEY, 'hex')).update(Buffer.from('abcd', 'hex')).digest('hex');
+  assert.equal(await proofFor(KEY, 'abcd'), expected);
+});
+
+test('the daemon proves itself before the token or a page is sent', async () => {
+  const f = daemonAt({ knowsKey: true });
+  const c = new DaemonClient({ base: 'http://127.0.0.1:4101', token: 'tok', key: KEY, fetch: f });
+  const r = await c.savePage(capture);
+  assert.equal(r.outcome, 'done');
+  assert.equal(f.calls.length, 2);
+  assert.match(f.calls[0].url, /\/health\?challenge=[0-9a-f]{64}$/);
+  assert.equal(f.calls[0].init.headers.Authorization, undefined);
+  assert.equal(f.calls[1].init.headers.Authorization, 'Bearer tok');
+  await c.savePage(capture); // asked again: the daemon may have been replaced since
+  assert.equal(f.calls.length, 4);
+  assert.notEqual(f.calls[0].url, f.calls[2].url); // a fresh challenge each time
+});
+
+test('an impostor on the port gets neither the token nor the page', async () => {
+  const f = daemonAt({ knowsKey: false });
+  const c = new DaemonClient({ base: 'http://127.0.0.1:4102', token: 'tok', key: KEY, fetch: f });
+  const r = await c.savePage(capture);
+  assert.equal(r.outcome, 'retry'); // the capture stays queued
+  assert.equal(r.impostor, true);
+  assert.match(r.error, /something other than the Satchel daemon/);
+  assert.equal(f.calls.length, 1);
+  assert.equal(f.calls[0].init.headers.Authorization, undefined);
+  assert.equal(f.calls[0].init.body, undefined);
 });

@@ -8,7 +8,10 @@ doing no work, and a 202 that survives ``kill -9``.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import os
 import re
 import socket
 from collections.abc import Iterator
@@ -45,6 +48,7 @@ class Endpoint:
         )
         assert answer.status_code == 200, answer.text
         token: str = answer.json()["token"]
+        self.daemon_key = bytes.fromhex(answer.json()["daemon_key"])
         return token
 
     def headers(self, **extra: str) -> dict[str, str]:
@@ -209,6 +213,20 @@ def test_health_says_whether_the_token_is_paired(endpoint: Endpoint) -> None:
     unpaired = httpx.get(f"{endpoint.base}/health", headers={"Origin": OTHER_EXTENSION})
     assert unpaired.json()["paired"] is False
     assert "access-control-allow-origin" not in unpaired.headers
+
+
+def test_the_daemon_proves_itself_before_any_token_is_sent(endpoint: Endpoint) -> None:
+    """Pairing handed the extension the daemon's key; /health answers a challenge with an HMAC
+    under it, asked with no token and no Origin, so an impostor on the port learns nothing."""
+    challenge = os.urandom(32)
+    answer = httpx.get(f"{endpoint.base}/health", params={"challenge": challenge.hex()})
+    assert answer.status_code == 200
+    expected = hmac.new(endpoint.daemon_key, challenge, hashlib.sha256).hexdigest()
+    assert answer.json()["proof"] == expected
+    for bad in ("zz", "ab", "00" * 65):
+        refused = httpx.get(f"{endpoint.base}/health", params={"challenge": bad})
+        assert refused.status_code == 400, bad
+        assert "challenge" in refused.json()["error"]
 
 
 def test_preflight_is_answered_for_paired_origins_only(endpoint: Endpoint) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import sqlite3
 from pathlib import Path
 
@@ -112,3 +113,14 @@ async def test_pairing_again_replaces_the_token_and_revoke_forgets_it(tmp_path: 
         assert not await pairing.revoke(CHROME)
         assert not await pairing.check(CHROME, new)
         assert await pairing.browsers() == []
+
+
+async def test_the_daemon_key_is_made_once_and_proves_the_daemon(tmp_path: Path) -> None:
+    async with Catalog(tmp_path / "satchel.db") as catalog:
+        key = await Pairing(catalog).key()
+        assert len(key) == 32
+    async with Catalog(tmp_path / "satchel.db") as catalog:
+        pairing = Pairing(catalog)
+        assert await pairing.key() == key  # the same after a restart
+        proof = await pairing.prove(b"challenge")
+    assert proof == hmac.new(key, b"challenge", hashlib.sha256).hexdigest()

@@ -332,13 +332,71 @@ def allow_in_incognito(browser: Browser) -> None:
     manager.close()
 
 
-def test_captures_wait_while_the_daemon_is_down(setup: Setup) -> None:
+class Squatter:
+    """Another local user's server on the daemon's port while it is down: it claims to be
+    Satchel, says yes to everything, and records what it is sent."""
+
+    def __init__(self, port: int) -> None:
+        seen: list[tuple[str, str, dict[str, str], bytes]] = []  # method, path, headers, body
+        self.seen = seen
+
+        class Handler(BaseHTTPRequestHandler):
+            def answer(self, status: int) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                seen.append((self.command, self.path, dict(self.headers), body))
+                data = json.dumps({"ok": True, "paired": True, "proof": "0" * 64}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                self.answer(200)
+
+            def do_POST(self) -> None:
+                self.answer(202)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_captures_wait_while_the_daemon_is_down_and_an_impostor_gets_nothing(
+    setup: Setup,
+) -> None:
     url = setup.pages.url("cardoon")
     page = setup.browser.open(url)
     setup.daemon.stop()
     result = setup.browser.call("(id) => satchel.saveTab(id, 'manual')", setup.browser.tab_id(url))
     assert result["status"] == "queued", result
-    assert setup.browser.call("() => satchel.queueStats()")["count"] == 1
+    # Another local user binds the port meanwhile: the daemon's proof fails, so the extension
+    # sends it neither the token nor the page.
+    squatter = Squatter(setup.port)
+    try:
+        again = setup.browser.call(
+            "(id) => satchel.saveTab(id, 'manual')", setup.browser.tab_id(url)
+        )
+        assert again["status"] == "queued", again
+        setup.browser.call("() => satchel.flushQueue()")
+        searched = setup.browser.call("() => satchel.search('cardoon')")
+        assert searched["ok"] is False, searched
+    finally:
+        squatter.close()
+    assert squatter.seen, "the extension never asked the impostor to prove itself"
+    for method, path, headers, body in squatter.seen:
+        assert (method, path.split("?")[0]) == ("GET", "/health"), (method, path)
+        assert "Authorization" not in headers
+        assert b"cardoon" not in body
+    assert setup.browser.call("() => satchel.queueStats()")["count"] >= 1
     setup.daemon.start()
     # Nothing is asked of the extension: its own backoff retries and the capture arrives.
     wait_for("the queued capture to arrive", lambda: stored(setup.daemon, url), page, 90)

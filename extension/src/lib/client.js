@@ -20,16 +20,29 @@ export function classifyStatus(status) {
 
 const DEFAULT_TIMEOUT_MS = 10_000;
 
+/** HMAC-SHA256(keyHex, challengeHex) as hex, with WebCrypto (service worker, page, Node). */
+export async function proofFor(keyHex, challengeHex) {
+  const bytes = (hex) => Uint8Array.from(hex.match(/../g) ?? [], (b) => parseInt(b, 16));
+  const key = await crypto.subtle.importKey('raw', bytes(keyHex), { name: 'HMAC', hash: 'SHA-256' }, false, [
+    'sign',
+  ]);
+  const mac = new Uint8Array(await crypto.subtle.sign('HMAC', key, bytes(challengeHex)));
+  return Array.from(mac, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
 export class DaemonClient {
   /**
    * @param {object} o
    * @param {string} o.base     e.g. "http://127.0.0.1:4017"
    * @param {string} [o.token]  bearer token from pairing
+   * @param {string} [o.key]    the daemon's key from pairing (hex): it must prove itself with it
+   *                            before the token or a page is sent
    * @param {typeof fetch} [o.fetch]
    */
-  constructor({ base, token, fetch: fetchImpl = globalThis.fetch, timeoutMs = DEFAULT_TIMEOUT_MS }) {
+  constructor({ base, token, key, fetch: fetchImpl = globalThis.fetch, timeoutMs = DEFAULT_TIMEOUT_MS }) {
     this.base = base.replace(/\/+$/, '');
     this.token = token || null;
+    this.key = key || null;
     // Called as a plain function: a browser's fetch throws "Illegal invocation" when called
     // as a method of another object.
     this.fetch = (url, init) => fetchImpl(url, init);
@@ -41,6 +54,12 @@ export class DaemonClient {
    * status is 0 when the daemon could not be reached (or timed out).
    */
   async request(method, path, { body, auth = true, timeoutMs = this.timeoutMs } = {}) {
+    if (auth && this.token && this.key) {
+      // Another local user could have bound the port while the daemon was down: nothing
+      // with the token or a page in it leaves before the daemon has proved itself.
+      const proof = await this.verify();
+      if (!proof.ok) return proof;
+    }
     const headers = { Accept: 'application/json' };
     if (body !== undefined) headers['Content-Type'] = 'application/json';
     if (auth && this.token) headers.Authorization = `Bearer ${this.token}`;
@@ -69,6 +88,33 @@ export class DaemonClient {
     const error =
       outcome === 'done' ? null : (parsed && typeof parsed.error === 'string' && parsed.error) || `HTTP ${res.status}`;
     return { status: res.status, ok: outcome === 'done', outcome, body: parsed, error };
+  }
+
+  /**
+   * Ask the daemon to prove it holds the key pairing gave us (GET /health?challenge=, sent
+   * with no token). Returns { ok: true } or a failed request result (outcome 'retry').
+   *
+   * Asked before every request that carries the token, never remembered: the daemon can stop
+   * and an impostor bind its port between any two requests. On loopback it costs a
+   * millisecond, and requests are few (a save, a badge lookup, a search).
+   */
+  async verify() {
+    const challenge = Array.from(crypto.getRandomValues(new Uint8Array(32)), (b) =>
+      b.toString(16).padStart(2, '0'),
+    ).join('');
+    const r = await this.request('GET', `/health?challenge=${challenge}`, { auth: false, timeoutMs: 5_000 });
+    if (r.status === 0) return r;
+    if (typeof r.body?.proof === 'string' && r.body.proof === (await proofFor(this.key, challenge))) {
+      return { ok: true };
+    }
+    return {
+      status: r.status,
+      ok: false,
+      outcome: 'retry',
+      body: null,
+      impostor: true,
+      error: `something other than the Satchel daemon you paired with answers on ${this.base}: nothing was sent to it`,
+    };
   }
 
   /** GET /health -> { reachable, paired, error } */
