@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 from urllib.parse import parse_qs
@@ -49,7 +48,7 @@ from ingest.pages import DenyList, PageRefused, page_url, parse_capture
 from ingest.urls import InvalidURL
 from store import UnknownTable
 
-__all__ = ["BrowserApp", "bind_loopback"]
+__all__ = ["BrowserApp"]
 
 _log = logging.getLogger(__name__)
 
@@ -66,20 +65,6 @@ _ROUTES: Final = {
     ("POST", "/search"): "paired",
 }
 _PATHS: Final = {path for _, path in _ROUTES}
-
-
-def bind_loopback(port: int) -> socket.socket:
-    """A listening TCP socket on 127.0.0.1:`port` (0: any free port). Never a wildcard."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
-        sock.listen(128)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 class _Refused(Exception):  # noqa: N818 - carries the status it is answered with

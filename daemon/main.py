@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import json
 import logging
 import logging.handlers
@@ -38,7 +39,7 @@ import anyio.abc
 import httpx
 
 from daemon.api import create_app
-from daemon.browser import BrowserApp, bind_loopback
+from daemon.browser import BrowserApp
 from daemon.config import Config, usable_socket_path
 from daemon.core import EmbedderState, Satchel
 from daemon.feeds import Feeds, fetch_settings
@@ -53,6 +54,7 @@ from ingest.fetch import Fetcher
 from ingest.pipeline import Pipeline, PipelineSettings
 from ingest.queue import Queue, QueueSettings
 from store import SQLiteStore
+from store.http import bind_tcp
 from store.migrate import RoutedStore
 
 __all__ = ["AlreadyRunning", "run", "setup_logging"]
@@ -388,7 +390,7 @@ def _browser_endpoint(config: Config, satchel: Satchel) -> UnixServer | None:
     taken: the rest of the daemon serves on without it."""
     port = config.browser.port
     try:
-        sock = bind_loopback(port)
+        sock = bind_tcp(ipaddress.IPv4Address("127.0.0.1"), port)  # never a wildcard
     except OSError as exc:
         why = f"cannot listen on 127.0.0.1:{port} ({exc.strerror or exc})"
         _log.error("browser endpoint: %s; set [browser] port to a free one", why)

@@ -35,7 +35,7 @@ import anyio
 import uvicorn
 
 from store.base import StoreError
-from store.http import ServedStore, create_app
+from store.http import ServedStore, bind_tcp, create_app
 
 SECRET_ENV = "SATCHEL_SIDECAR_SECRET"  # noqa: S105 - the variable's name, not a secret
 _log = logging.getLogger("store.sidecar")
@@ -67,23 +67,6 @@ def _loopback(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
             f"--host: {host} is not a loopback address; the sidecar serves only this machine"
         )
     return address
-
-
-def _bind(address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> socket.socket:
-    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-    # proto must say TCP: asyncio sets TCP_NODELAY only on accepted sockets whose proto is
-    # IPPROTO_TCP, and without it Nagle holds each response's body back for the client's
-    # delayed ACK, 40 ms or more per request.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart on a fixed port
-        sock.bind((str(address), port))
-        sock.listen(128)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 def _open_store(args: argparse.Namespace) -> ServedStore:
@@ -198,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
     try:
-        sock = _bind(_loopback(args.host), args.port)
+        sock = bind_tcp(_loopback(args.host), args.port)
     except OSError as exc:
         print(f"python -m store: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1

@@ -30,8 +30,10 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import ipaddress
 import json
 import logging
+import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Final, Protocol, Self, TypeVar
@@ -72,7 +74,14 @@ if TYPE_CHECKING:
     # its CLI's dependencies when they are installed) would add ~0.4 s to every start-up.
     import httpx
 
-__all__ = ["MAX_BODY", "VECTORS_HEADER", "HTTPStore", "ServedStore", "create_app"]
+__all__ = [
+    "MAX_BODY",
+    "VECTORS_HEADER",
+    "HTTPStore",
+    "ServedStore",
+    "bind_tcp",
+    "create_app",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -814,3 +823,21 @@ class HTTPStore:
         finally:
             with anyio.CancelScope(shield=True):
                 await response.aclose()
+
+
+def bind_tcp(address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> socket.socket:
+    """A listening, non-blocking TCP socket on `address`:`port` (0: any free port)."""
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    # proto must say TCP: asyncio sets TCP_NODELAY only on accepted sockets whose proto is
+    # IPPROTO_TCP, and without it Nagle holds each response's body back for the client's
+    # delayed ACK, 40 ms or more per request.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart on a fixed port
+        sock.bind((str(address), port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -425,7 +425,7 @@ async def test_accepted_connections_have_nagle_off() -> None:
     # Without TCP_NODELAY every response's body waited for the client's delayed ACK (~40 ms).
     import asyncio  # noqa: PLC0415 - the server below is plain asyncio, as uvicorn's is
 
-    from store.__main__ import _bind  # noqa: PLC0415
+    from store.http import bind_tcp  # noqa: PLC0415
 
     nodelay: list[int] = []
 
@@ -434,7 +434,7 @@ async def test_accepted_connections_have_nagle_off() -> None:
         nodelay.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
         writer.close()
 
-    listener = _bind(ipaddress.ip_address("127.0.0.1"), 0)
+    listener = bind_tcp(ipaddress.ip_address("127.0.0.1"), 0)
     server = await asyncio.start_server(accepted, sock=listener)
     async with server:
         port = listener.getsockname()[1]
