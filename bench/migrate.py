@@ -65,13 +65,19 @@ async def fill(sqlite: SQLiteStore, data: F32) -> None:
 
 
 async def searching(
-    router: RoutedStore, queries: F32, times: list[float], stop: anyio.Event
+    router: RoutedStore,
+    queries: F32,
+    times: list[float],
+    stop: anyio.Event,
+    starts: list[float] | None = None,
 ) -> None:
     i = 0
     while not stop.is_set():
         started = time.perf_counter()
         await router.search(TABLE, queries[i % len(queries)], 10)
         times.append(time.perf_counter() - started)
+        if starts is not None:
+            starts.append(started)
         i += 1
         await anyio.sleep(PACE_S)
 
@@ -126,6 +132,7 @@ async def measure(directory: Path, data: F32, queries: F32, ann_min_rows: int) -
             settings = MigrationSettings(ann_min_rows=ann_min_rows, slow_p95_ms=0.0)
             migrator = Migrator(router, settings)
             during: list[float] = []
+            during_at: list[float] = []
             waits: list[float] = []
             added: list[str] = []
             seen: dict[str, float] = {}
@@ -133,7 +140,7 @@ async def measure(directory: Path, data: F32, queries: F32, ann_min_rows: int) -
             started = time.perf_counter()
             async with anyio.create_task_group() as tg:
                 stop = anyio.Event()
-                tg.start_soon(searching, router, queries, during, stop)
+                tg.start_soon(searching, router, queries, during, stop, during_at)
                 tg.start_soon(writing, router, data, waits, added, stop)
                 tg.start_soon(phases, migrator, seen, stop)
                 state = await migrator.run()
@@ -148,6 +155,14 @@ async def measure(directory: Path, data: F32, queries: F32, ann_min_rows: int) -
             f["longest_write_ms"] = max(waits, default=0.0) * 1000
             f["writes"] = len(waits)
             f["search_p95_during_ms"] = p95(during)
+            for phase, following in itertools.pairwise(order):  # where the slow searches were
+                f[f"search_p95_{phase}_ms"] = p95(
+                    [
+                        t
+                        for t, at in zip(during, during_at, strict=True)
+                        if seen[phase] <= at < seen[following]
+                    ]
+                )
             f["searches_during"] = len(during)
             f["recall"] = state.verify.get("recall", 0.0)
             f["lance_p95_ms"] = state.verify.get("target_p95_ms", 0.0)
@@ -178,9 +193,13 @@ def targets() -> list[Target]:
 
     def search(f: dict[str, float]) -> tuple[str, str, bool | None]:
         ratio = f["search_p95_during_ms"] / max(f["search_p95_before_ms"], 1e-9)
+        phases = ", ".join(
+            f"{p} {f[f'search_p95_{p}_ms']:.0f}" for p in PHASES if f"search_p95_{p}_ms" in f
+        )
         shown = (
             f"{f['search_p95_during_ms']:.1f} ms = {ratio:.2f}× before "
-            f"({f['search_p95_before_ms']:.1f} ms; {f['searches_during']:.0f} searches)"
+            f"({f['search_p95_before_ms']:.1f} ms; {f['searches_during']:.0f} searches; "
+            f"by phase: {phases})"
         )
         return shown, "≤ 2× before", ratio <= 2
 

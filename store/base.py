@@ -9,6 +9,7 @@ built, so a bad record is refused before it reaches any backend.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import re
@@ -40,6 +41,7 @@ __all__ = [
     "as_query_vector",
     "check_dim",
     "check_table_name",
+    "content_digest",
     "normalize_timestamp",
     "tags_from_json",
     "tags_to_json",
@@ -188,6 +190,28 @@ def tags_from_json(text: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def content_digest(
+    *,
+    id: str,
+    source_id: str,
+    source_type: str,
+    text_chunk: str,
+    created_at: str,
+    tags_json: str,
+    embedding: bytes,
+) -> bytes:
+    """16 bytes that change with any field of a stored record, computed alike by every store
+    from what it holds: `created_at` normalised, `tags_json` as `tags_to_json` writes it,
+    `embedding` as little-endian float32 bytes. The migration's verification compares them
+    (store/migrate.py). Records never hold NUL, so NUL separates the texts unambiguously."""
+    digest = hashlib.blake2b(digest_size=16)
+    texts = (id, source_id, source_type, text_chunk, created_at, tags_json)
+    digest.update("\x00".join(texts).encode())
+    digest.update(b"\x00")
+    digest.update(embedding)
+    return digest.digest()
+
+
 def _check_text(name: str, value: object, *, allow_empty: bool) -> str:
     if not isinstance(value, str):
         raise InvalidRecord(f"{name}: expected a string, got {type(value).__name__}")
@@ -214,12 +238,48 @@ def _as_embedding(value: object) -> Vector:
         raise InvalidRecord(f"embedding: expected a non-empty 1-D vector, got shape {array.shape}")
     if array.size > MAX_DIM:
         raise InvalidRecord(f"embedding: {array.size} dimensions exceeds the limit of {MAX_DIM}")
-    if not np.isfinite(array).all():
-        raise InvalidRecord("embedding: contains NaN or infinity")
-    if not np.any(array):
-        raise InvalidRecord("embedding: all zeros; a zero vector has no direction to compare")
+    _check_finite_and_nonzero(array, "embedding")
     array.setflags(write=False)
     return array
+
+
+def _check_finite_and_nonzero(array: npt.NDArray[np.float32], what: str) -> None:
+    # One reduction for the usual case (a finite, non-zero square norm proves both), about 1 us
+    # for 768 values; the exact checks run only when it is in doubt (NaN, infinity, overflow,
+    # underflow) so each failure still gets its own message.
+    with np.errstate(over="ignore", under="ignore"):
+        norm = float(np.dot(array, array))
+    if norm > 0.0 and math.isfinite(norm):
+        return
+    if not np.isfinite(array).all():
+        raise InvalidRecord(f"{what}: contains NaN or infinity")
+    if not array.any():
+        raise InvalidRecord(f"{what}: all zeros; a zero vector has no direction to compare")
+
+
+def _checked_fields(
+    *,
+    id: object,
+    source_id: object,
+    source_type: object,
+    text_chunk: object,
+    created_at: object,
+    tags: object,
+) -> tuple[str, str, str, str, str, tuple[str, ...]]:
+    """A record's fields other than its embedding, checked (in this order) and normalised."""
+    text = (
+        _check_text("id", id, allow_empty=False),
+        _check_text("source_id", source_id, allow_empty=True),
+        _check_text("source_type", source_type, allow_empty=True),
+        _check_text("text_chunk", text_chunk, allow_empty=True),
+    )
+    timestamp = normalize_timestamp(created_at)  # type: ignore[arg-type]  # it checks the type
+    if isinstance(tags, str | bytes) or not isinstance(tags, Iterable):
+        raise InvalidRecord(f"tags: expected a list of strings, got {type(tags).__name__}")
+    tag_tuple = tuple(tags)
+    for tag in tag_tuple:
+        _check_text("tags[]", tag, allow_empty=True)
+    return (*text, timestamp, tag_tuple)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -241,19 +301,69 @@ class Record:
     tags: Sequence[str] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        _check_text("id", self.id, allow_empty=False)
-        _check_text("source_id", self.source_id, allow_empty=True)
-        _check_text("source_type", self.source_type, allow_empty=True)
-        _check_text("text_chunk", self.text_chunk, allow_empty=True)
+        *_, created_at, tags = _checked_fields(
+            id=self.id,
+            source_id=self.source_id,
+            source_type=self.source_type,
+            text_chunk=self.text_chunk,
+            created_at=self.created_at,
+            tags=self.tags,
+        )
         object.__setattr__(self, "embedding", _as_embedding(self.embedding))
-        object.__setattr__(self, "created_at", normalize_timestamp(self.created_at))
-        tags: Any = self.tags
-        if isinstance(tags, str | bytes) or not isinstance(tags, Iterable):
-            raise InvalidRecord(f"tags: expected a list of strings, got {type(tags).__name__}")
-        tag_tuple = tuple(tags)
-        for tag in tag_tuple:
-            _check_text("tags[]", tag, allow_empty=True)
-        object.__setattr__(self, "tags", tag_tuple)
+        object.__setattr__(self, "created_at", created_at)
+        object.__setattr__(self, "tags", tags)
+
+    @classmethod
+    def batch(cls, fields: Sequence[dict[str, Any]], embeddings: npt.ArrayLike) -> list[Self]:
+        """Records from their fields (``id``, ``source_id``, ``source_type``, ``text_chunk``,
+        ``created_at``, ``tags``; the text ones may be missing, as empty) and one matrix whose
+        row i is record i's embedding. Validated as `Record(...)` validates each, the matrix in
+        one pass: for 1,000 x 768 that is ~1 ms rather than ~8 ms row by row. An error names
+        the record. The records' embeddings are read-only rows of one private copy."""
+        try:
+            matrix = np.array(embeddings, dtype=np.float32, copy=True)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRecord(f"embeddings: expected a matrix of numbers ({exc})") from None
+        if matrix.ndim != 2 or matrix.shape[0] != len(fields) or matrix.shape[1] == 0:
+            raise InvalidRecord(
+                f"embeddings: expected {len(fields)} non-empty rows, got shape {matrix.shape}"
+            )
+        if matrix.shape[1] > MAX_DIM:
+            raise InvalidRecord(
+                f"embedding: {matrix.shape[1]} dimensions exceeds the limit of {MAX_DIM}"
+            )
+        with np.errstate(over="ignore", under="ignore"):  # see _check_finite_and_nonzero
+            norms = np.einsum("ij,ij->i", matrix, matrix)
+        for i in np.flatnonzero(~(np.isfinite(norms) & (norms > 0))).tolist():
+            where = f"record {fields[i].get('id')!r}: embedding"
+            _check_finite_and_nonzero(matrix[i], where)  # raises unless only the norm overflowed
+        matrix.setflags(write=False)
+        records = []
+        for item, vector in zip(fields, matrix, strict=True):
+            try:
+                checked = _checked_fields(
+                    id=item.get("id"),
+                    source_id=item.get("source_id", ""),
+                    source_type=item.get("source_type", ""),
+                    text_chunk=item.get("text_chunk", ""),
+                    created_at=item.get("created_at"),
+                    tags=item.get("tags", ()),
+                )
+            except InvalidRecord as exc:
+                raise InvalidRecord(f"record {item.get('id')!r}: {exc}") from None
+            id, source_id, source_type, text_chunk, created_at, tags = checked
+            records.append(
+                cls.from_storage(
+                    id=id,
+                    source_id=source_id,
+                    source_type=source_type,
+                    text_chunk=text_chunk,
+                    embedding=vector,
+                    created_at=created_at,
+                    tags=tags,
+                )
+            )
+        return records
 
     @property
     def dim(self) -> int:

@@ -8,8 +8,10 @@ works unchanged: ``POST /tables`` ``{name, dim}``, ``POST /tables/{t}/records`` 
 ``DELETE /tables/{t}/records/{id}``, ``GET /tables/{t}/records`` (the export, streamed as
 NDJSON, one ``{"records": [...]}`` line per batch), ``GET /tables/{t}/count``; and beside them
 ``GET /health``, ``GET /tables`` (names and dimensions), ``POST /tables/{t}/records/get``
-``{ids}`` and ``POST /tables/{t}/records/delete`` ``{filter}``. Records carry the seed's field
-names; ``tags`` is a list, and the seed's JSON-array string is accepted too.
+``{ids}``, ``POST /tables/{t}/records/delete`` ``{filter}``, ``GET /tables/{t}/index`` and
+``GET /tables/{t}/digests`` (each id and its content digest, NDJSON, for verification).
+Records carry the seed's field names; ``tags`` is a list, and the seed's JSON-array string is
+accepted too.
 
 Vectors: measured for a batch of 1,000 x 768 records (encode and decode, both ends, CPython
 3.11 on the 2-core development machine), plain JSON arrays take 634 + 284 = 918 ms and 16.2 MB;
@@ -125,6 +127,13 @@ class ServedStore(VectorStore, Protocol):
         """How the table is searched: exactly, or by which index, and what it does not cover."""
         ...
 
+    def digests(
+        self, table: str, *, batch_size: int = 1000
+    ) -> AsyncIterator[list[tuple[str, bytes]]]:
+        """Every record's id and `store.base.content_digest`, in id order, in batches: what
+        a migration's verification compares without moving the records themselves."""
+        ...
+
 
 # -- the wire format ----------------------------------------------------------------------------
 
@@ -169,9 +178,17 @@ def record_to_json(record: Record, *, as_base64: bool) -> dict[str, Any]:
 
 def record_from_json(value: object) -> Record:
     """A record from a JSON object (tags a list or a JSON-array string); validated."""
+    fields = _record_fields(value, "embedding")
+    embedding = decode_vector(value["embedding"], lambda m: InvalidRecord(f"embedding: {m}"))  # type: ignore[index]
+    return Record(**fields, embedding=embedding)  # type: ignore[arg-type]
+
+
+def _record_fields(value: object, *required: str) -> dict[str, Any]:
+    """A record's JSON object without its embedding: its fields by name, tags decoded from the
+    seed's JSON-array string when they come as one. Types are left to `Record` to check."""
     if not isinstance(value, dict):
         raise InvalidRecord(f"record: expected a JSON object, got {type(value).__name__}")
-    missing = [f for f in ("id", "embedding", "created_at") if f not in value]
+    missing = [f for f in ("id", *required, "created_at") if f not in value]
     if missing:
         raise InvalidRecord(f"record {value.get('id')!r}: missing {', '.join(missing)}")
     tags = value.get("tags", [])
@@ -183,8 +200,7 @@ def record_from_json(value: object) -> Record:
     fields = {
         name: value.get(name, "") for name in ("id", "source_id", "source_type", "text_chunk")
     }
-    embedding = decode_vector(value["embedding"], lambda m: InvalidRecord(f"embedding: {m}"))
-    return Record(**fields, embedding=embedding, created_at=value["created_at"], tags=tags)  # type: ignore[arg-type]
+    return {**fields, "created_at": value["created_at"], "tags": tags}
 
 
 def records_to_binary(records: Sequence[Record]) -> bytes:
@@ -229,12 +245,7 @@ def records_from_binary(body: bytes) -> list[Record]:
             f"bytes of float32, got {len(vectors)}"
         )
     matrix = np.frombuffer(vectors, dtype="<f4").reshape(len(items), dim)
-    records = []
-    for item, vector in zip(items, matrix, strict=True):
-        if not isinstance(item, dict):
-            raise InvalidRecord(f"record: expected a JSON object, got {type(item).__name__}")
-        records.append(record_from_json({**item, "embedding": vector}))
-    return records
+    return Record.batch([_record_fields(item) for item in items], matrix)
 
 
 def scored_from_json(value: dict[str, Any]) -> ScoredRecord:
@@ -461,25 +472,44 @@ def create_app(store: ServedStore, *, secret: str, allowed_hosts: set[str]) -> A
     async def index_status(request: Request) -> Response:
         return JSONResponse(asdict(await store.index_status(request.path_params["table"])))
 
-    async def export(request: Request) -> Response:
+    def batch_size(request: Request) -> int:
         raw = request.query_params.get("batch_size", "1000")
         if not raw.isdigit():
             raise InvalidQuery(f"batch_size: expected a positive integer, got {raw!r}")
-        batches = aiter(store.export_all(request.path_params["table"], batch_size=int(raw)))
+        return int(raw)
+
+    async def export(request: Request) -> Response:
         b64 = wants_base64(request)
-        # The first batch is read before answering, so an unknown table still gets its 404.
-        first = await anext(batches, None)
+        batches = store.export_all(request.path_params["table"], batch_size=batch_size(request))
 
         def line(batch: list[Record]) -> bytes:
             return _dumps({"records": [record_to_json(r, as_base64=b64) for r in batch]}) + b"\n"
+
+        return await streamed(batches, line, _size)
+
+    async def digests(request: Request) -> Response:
+        batches = store.digests(request.path_params["table"], batch_size=batch_size(request))
+
+        def line(batch: list[tuple[str, bytes]]) -> bytes:
+            return _dumps({"digests": [[i, digest.hex()] for i, digest in batch]}) + b"\n"
+
+        return await streamed(batches, line, lambda batch: 64 * len(batch))
+
+    async def streamed(
+        source: AsyncIterator[_T], line: Callable[[_T], bytes], size: Callable[[_T], int]
+    ) -> Response:
+        """`source`'s batches as NDJSON, one line each."""
+        batches = aiter(source)
+        # The first batch is read before answering, so an unknown table still gets its 404.
+        first = await anext(batches, None)
 
         async def lines() -> AsyncIterator[bytes]:
             try:
                 if first is None:
                     return
-                yield await _offload(_size(first), lambda: line(first))
+                yield await _offload(size(first), lambda: line(first))
                 async for batch in batches:
-                    yield await _offload(_size(batch), lambda: line(batch))  # noqa: B023
+                    yield await _offload(size(batch), lambda: line(batch))  # noqa: B023
             except StoreError as exc:
                 # The status is sent already: the error becomes the stream's last line.
                 yield _dumps(error_body(exc)) + b"\n"
@@ -511,6 +541,7 @@ def create_app(store: ServedStore, *, secret: str, allowed_hosts: set[str]) -> A
         Route("/tables", guarded(create_table), methods=["POST"]),
         Route(f"{table}/records", guarded(insert), methods=["POST"]),
         Route(f"{table}/records", guarded(export), methods=["GET"]),
+        Route(f"{table}/digests", guarded(digests), methods=["GET"]),
         Route(f"{table}/records/get", guarded(get_by_ids), methods=["POST"]),
         Route(f"{table}/records/delete", guarded(delete_where), methods=["POST"]),
         Route(f"{table}/records/{{id:path}}", guarded(delete), methods=["DELETE"]),
@@ -787,9 +818,31 @@ class HTTPStore:
         self, table: str, *, batch_size: int = 1000
     ) -> AsyncIterator[list[Record]]:
         """See `VectorStore.export_all`. One streamed request; one NDJSON line per batch."""
+        async for answer in self._lines("export_all", table, "/records", batch_size):
+            yield await self._records(answer, "records", record_from_json)
+
+    async def digests(
+        self, table: str, *, batch_size: int = 1000
+    ) -> AsyncIterator[list[tuple[str, bytes]]]:
+        """See `ServedStore.digests`. One streamed request; one NDJSON line per batch."""
+        async for answer in self._lines("digests", table, "/digests", batch_size):
+            pairs = answer.get("digests") if isinstance(answer, dict) else None
+            try:
+                batch = [(str(i), bytes.fromhex(digest)) for i, digest in pairs]  # type: ignore[union-attr]
+            except (TypeError, ValueError) as exc:
+                raise StoreError(
+                    f"sidecar at {self.base_url}: digests: bad line, expected "
+                    f"{{'digests': [[id, hex], ...]}} ({exc})"
+                ) from None
+            yield batch
+
+    async def _lines(
+        self, operation: str, table: str, route: str, batch_size: int
+    ) -> AsyncIterator[Any]:
+        """A streamed GET's NDJSON lines, decoded; an error line is raised as its error."""
         import httpx  # noqa: PLC0415 - see the import at the top
 
-        path = self._path(table, "/records")
+        path = self._path(table, route)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidQuery(f"batch_size: expected a positive integer, got {batch_size!r}")
         request = self._http().build_request("GET", path, params={"batch_size": batch_size})
@@ -799,27 +852,27 @@ class HTTPStore:
                 break
             except _retryable() as exc:
                 if attempt == self._retries or self._closed:
-                    raise self._transport_error("export_all", exc) from exc
+                    raise self._transport_error(operation, exc) from exc
             except httpx.HTTPError as exc:
-                raise self._transport_error("export_all", exc) from exc
+                raise self._transport_error(operation, exc) from exc
             await anyio.sleep(self._backoff * 2**attempt)
         try:
             if not response.is_success:
                 await response.aread()
-                await self._decode(response, "export_all")
+                await self._decode(response, operation)
             async for line in response.aiter_lines():
                 if not line.strip():
                     continue
                 answer = await _offload(len(line), lambda: json.loads(line))  # noqa: B023
                 if isinstance(answer, dict) and "error" in answer:
                     raise error_from_body(answer, f"sidecar at {self.base_url}")
-                yield await self._records(answer, "records", record_from_json)
+                yield answer
         except httpx.HTTPError as exc:
-            raise self._transport_error("export_all", exc) from exc
+            raise self._transport_error(operation, exc) from exc
         except ValueError as exc:
             if isinstance(exc, StoreError):
                 raise
-            raise StoreError(f"sidecar at {self.base_url}: export_all: bad line ({exc})") from exc
+            raise StoreError(f"sidecar at {self.base_url}: {operation}: bad line ({exc})") from exc
         finally:
             with anyio.CancelScope(shield=True):
                 await response.aclose()

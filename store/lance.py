@@ -17,8 +17,9 @@ Below `IndexPolicy.ann_min_rows` rows a table is searched exactly. `maintain()` 
 sidecar runs every few seconds) takes it from there: scalar indexes for the filter columns, an
 IVF_RQ index once the table is big enough (chosen by measurement: README, "Index lifecycle"),
 rebuilt when the table has outgrown its partitions, `optimize()` to fold new rows into the
-indexes and compact fragments, and old versions cleaned up after a retention window. Builds run
-beside reads and writes; rows not yet indexed are still found, by exact comparison.
+indexes and compact fragments, and old versions cleaned up after a retention window; builds and
+optimizes wait while a table is being loaded (a migration's copy). Builds run beside reads and
+writes; rows not yet indexed are still found, by exact comparison.
 
 A table whose newest manifest was left empty or cut short (a crash on a disk that never saw the
 fsync) is opened at its previous version and the damaged file moved aside, with a warning; a
@@ -66,6 +67,7 @@ from store.base import (
     check_dim,
     check_table_name,
     check_top_k,
+    content_digest,
     tags_from_json,
     tags_to_json,
 )
@@ -114,6 +116,16 @@ def table_schema(dim: int) -> pa.Schema:
 
 
 _COLUMNS: Final = list(table_schema(1).names)
+# What `content_digest` reads, the embedding last.
+_DIGESTED: Final = [
+    "id",
+    "source_id",
+    "source_type",
+    "text_chunk",
+    "created_at",
+    "tags",
+    "embedding",
+]
 
 
 def _margin(dim: int) -> float:
@@ -201,6 +213,10 @@ class IndexPolicy:
     max_small_fragments: int = 32  # compact once this many small fragments have piled up
     retention_seconds: float = 3600.0  # versions older than this are deleted by optimize
     exact_filter_rows: int = 20_000  # a filter matching at most this many rows: exact search
+    # A table that grew by more than this fraction since the previous pass is being loaded
+    # (a migration's copy, an import): building or optimizing now would be redone minutes later.
+    loading_growth: float = 0.2
+    max_waits: int = 6  # passes a loading table waits at most, so a steady flood is indexed too
     refine_factor: int = 3  # candidates re-ranked with full vectors, per result asked for
 
     def __post_init__(self) -> None:
@@ -239,6 +255,8 @@ class _Table:
     error: str | None = None  # why the last maintenance failed
     maintaining: anyio.Lock = field(default_factory=anyio.Lock)
     known_ids: IdSet | None = None  # built on the first insert; see store/idset.py
+    rows_seen: int | None = None  # by the previous maintenance pass
+    waits: int = 0  # passes in a row that found the table loading
 
 
 class LanceStore:
@@ -571,26 +589,58 @@ class LanceStore:
         `batch_size` at a time. (A page query per batch, ``id > last ORDER BY id LIMIT n``,
         sorts the rest of the table every time: 30 s for 100K rows, quadratic beyond.)"""
         t = self._table(table)
+        async for rows in self._snapshot("export_all", t, batch_size, _COLUMNS):
+            batch, _ = _read(rows, t.dim)
+            yield batch
+
+    async def digests(
+        self, table: str, *, batch_size: int = 1000
+    ) -> AsyncIterator[list[tuple[str, bytes]]]:
+        """Every record's id and `content_digest`, in id order, `batch_size` at a time; one
+        snapshot, read as `export_all` reads it, without building records."""
+        t = self._table(table)
+        async for rows in self._snapshot("digests", t, batch_size, _DIGESTED):
+            flat = rows.column("embedding").combine_chunks().flatten()
+            vectors = np.asarray(flat.to_numpy(zero_copy_only=False), "<f4").reshape(-1, t.dim)
+            text = {name: rows.column(name).to_pylist() for name in _DIGESTED[:-1]}
+            yield [
+                (
+                    text["id"][i],
+                    content_digest(
+                        id=text["id"][i],
+                        source_id=text["source_id"][i],
+                        source_type=text["source_type"][i],
+                        text_chunk=text["text_chunk"][i],
+                        created_at=text["created_at"][i],
+                        tags_json=text["tags"][i],
+                        embedding=vectors[i].tobytes(),
+                    ),
+                )
+                for i in range(rows.num_rows)
+            ]
+
+    async def _snapshot(
+        self, operation: str, t: _Table, batch_size: int, columns: list[str]
+    ) -> AsyncIterator[pa.Table]:
+        """`columns` of the table's current version in id order, `batch_size` rows at a time."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidQuery(f"batch_size: expected a positive integer, got {batch_size!r}")
         assert self._db is not None  # _table() raised if the store is closed
-        with self._errors("export_all", table):
+        with self._errors(operation, t.name):
             # Its own handle, checked out: row ids hold only within one version, and
             # maintenance may compact the table meanwhile.
             snapshot = await self._db.open_table(t.name)
         try:
-            with self._errors("export_all", table):
+            with self._errors(operation, t.name):
                 await snapshot.checkout(await t.handle.version())
                 ids = await snapshot.query().select(["id"]).with_row_id().to_arrow()
             order = pc.sort_indices(ids, sort_keys=[("id", "ascending")])
             row_ids = ids.column("_rowid").take(order).to_pylist()
             for start in range(0, len(row_ids), batch_size):
-                with self._errors("export_all", table):
-                    rows = await snapshot.take_row_ids(
-                        row_ids[start : start + batch_size]
-                    ).to_arrow()
-                batch, _ = _read(rows.sort_by("id"), t.dim)
-                yield batch
+                with self._errors(operation, t.name):
+                    chunk = row_ids[start : start + batch_size]
+                    rows = await snapshot.take_row_ids(chunk).select(columns).to_arrow()
+                yield rows.sort_by("id")
         finally:
             snapshot.close()  # type: ignore[no-untyped-call]
 
@@ -601,7 +651,10 @@ class LanceStore:
 
         Builds missing scalar indexes; builds the IVF_RQ index once the table reaches
         `ann_min_rows`, and a new one when the table has outgrown it (4 times the rows); otherwise
-        runs `optimize()` when new rows or small fragments have piled up. Builds run beside
+        runs `optimize()` when new rows or small fragments have piled up. Either waits while
+        the table is loading (it grew by more than `IndexPolicy.loading_growth` since the
+        previous pass), for at most `max_waits` passes: an index built halfway through a bulk
+        load would be rebuilt or refolded soon after. Builds run beside
         reads and writes. Passes on one table never overlap: a pass asked for while one runs
         returns at once. A failure is kept for `index_status` and raised as StoreError.
         """
@@ -621,6 +674,7 @@ class LanceStore:
     async def _maintain(self, t: _Table) -> list[str]:
         done: list[str] = []
         rows = int(await t.handle.count_rows())
+        before, t.rows_seen = t.rows_seen, rows
         if not rows:
             return done
         existing = {index.name for index in await t.handle.list_indices()}
@@ -630,7 +684,17 @@ class LanceStore:
                 done.append(f"built the {kind.__name__} index on {column}")
         wanted = _partitions(rows)
         old = t.partitions
-        if rows >= self.policy.ann_min_rows and (old is None or wanted >= 2 * old):
+        build = rows >= self.policy.ann_min_rows and (old is None or wanted >= 2 * old)
+        if not build and not await self._optimize_due(t):
+            t.waits = 0
+            return done
+        loading = before is not None and rows > before * (1 + self.policy.loading_growth)
+        if loading and t.waits < self.policy.max_waits:
+            t.waits += 1
+            done.append(f"waiting: the table is loading ({before} rows at the previous pass)")
+            return done
+        t.waits = 0
+        if build:
             started = time.monotonic()
             t.activity = "building"
             try:
@@ -647,7 +711,7 @@ class LanceStore:
                 f"built IVF_RQ with {wanted} partitions over {rows} rows "
                 f"in {time.monotonic() - started:.1f} s"
             )
-        elif await self._optimize_due(t):
+        else:
             started = time.monotonic()
             t.activity = "optimizing"
             try:

@@ -11,11 +11,12 @@ moment resumes where it stopped. Phases:
              is the last id copied. A batch re-sent after a crash is an upsert: nothing doubles;
 ``replay``   bring the target up to date from the change log (see `replay`);
 ``index``    wait until the target has built its ANN indexes (replaying meanwhile);
-``verify``   compare both sides record by record in id order, per bucket of `bucket` ids
-             (records changed meanwhile are in flight, not mismatches), then run `sample`
-             queries on both and require the target's top-10 to overlap the exact top-10 by
-             `recall`; a mismatch stops the migration here and names the bucket. It comes
-             after the index so that the sample queries measure the index that will serve;
+``verify``   compare both sides' content digests (each store computes its own) id by id in
+             id order, per bucket of `bucket` ids (records changed meanwhile are in flight,
+             not mismatches), then run `sample` queries on both and require the target's
+             top-10 to overlap the exact top-10 by `recall`; a mismatch stops the migration
+             here and names the bucket. It comes after the index so that the sample queries
+             measure the index that will serve;
 ``cutover``  wait while the target searches slower than SQLite (unless SQLite is slower than
              `slow_p95_ms` itself), then pause writes (they wait, none is refused), replay
              the tail, record the target as active, resume: see `RoutedStore.paused`;
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import hashlib
 import json
 import logging
 import random
@@ -38,7 +38,7 @@ import statistics
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
@@ -72,6 +72,9 @@ log = logging.getLogger(__name__)
 STATE_KEY: Final = "migration"
 PHASES: Final = ("mark", "copy", "replay", "index", "verify", "cutover", "done")
 _REPLAY_BATCH: Final = 1000
+_T = TypeVar("_T")
+_COPIES_IN_FLIGHT: Final = 3  # copy batches sent to the target at once (see Migrator._copy)
+_GIVE_WAY_S: Final = 0.1  # the longest the migration waits for searches in flight to end
 
 
 class MigrationError(RuntimeError):
@@ -194,17 +197,6 @@ async def replay(source: VectorStore, target: VectorStore, changes: Sequence[Cha
     await flush()
 
 
-def _digest(record: Record) -> bytes:
-    h = hashlib.sha256()
-    for text in (record.id, record.source_id, record.source_type, record.text_chunk):
-        h.update(text.encode())
-        h.update(b"\x00")
-    h.update(record.created_at.encode())
-    h.update(json.dumps(list(record.tags)).encode())
-    h.update(record.embedding.astype("<f4").tobytes())
-    return h.digest()
-
-
 class RoutedStore:
     """The store the daemon serves from: SQLite before cutover, the target after.
 
@@ -223,6 +215,9 @@ class RoutedStore:
         self._gate = anyio.Lock()
         self.log_target_writes = True  # off once SQLite's copy is discarded: nothing to roll back
         self.grown = anyio.Event()  # set by every insert, for whoever watches the tables grow
+        self._searches = 0  # in flight
+        self._no_searches = anyio.Event()
+        self._no_searches.set()
 
     @property
     def active(self) -> ServedStore:
@@ -268,7 +263,22 @@ class RoutedStore:
     async def search(
         self, table: str, vector: VectorLike, top_k: int, filter: str | None = None
     ) -> list[ScoredRecord]:
-        return await self.active.search(table, vector, top_k, filter)
+        if not self._searches:
+            self._no_searches = anyio.Event()
+        self._searches += 1
+        try:
+            return await self.active.search(table, vector, top_k, filter)
+        finally:
+            self._searches -= 1
+            if not self._searches:
+                self._no_searches.set()
+
+    async def give_way(self, limit: float = _GIVE_WAY_S) -> None:
+        """Wait (at most `limit` seconds) until no search is in flight. The migration calls it
+        before each batch of its own work, so that on a small machine the searches it serves
+        meanwhile go first; the bound keeps a stream of searches from stopping it."""
+        with anyio.move_on_after(limit):
+            await self._no_searches.wait()
 
     async def get_by_ids(self, table: str, ids: Sequence[str]) -> list[Record]:
         return await self.active.get_by_ids(table, ids)
@@ -323,6 +333,7 @@ class Migrator:
         self.settings = settings or MigrationSettings()
         self.state = MigrationState()
         self._samples: list[tuple[str, Record]] = []  # verify's, measured again before cutover
+        self._copy_clock = (0.0, 0)  # when this run's copy began, and the rows copied before
 
     @property
     def target(self) -> ServedStore:
@@ -395,26 +406,29 @@ class Migrator:
                 await self.target.create_table(name, dim=dim)
 
     async def _copy(self) -> None:
-        started, rows = time.perf_counter(), 0
+        # The rate counts this run's rows: a resumed copy does not claim the earlier ones.
+        self._copy_clock = (time.perf_counter(), self._copied())
         for name, progress in self.state.tables.items():
             await self._ensure_table(name, progress.dim)
             if progress.done:
                 continue
-            # The next batch is read from SQLite while the target stores this one.
+            # Three stages overlap: the next batch is read from SQLite while two are on their
+            # way into the target, so one is decoded there while the other is written (bench/
+            # migrate.py). Checkpoints still go in order: each batch's after the one before.
             send, receive = anyio.create_memory_object_stream[list[Record]](1)
+            slots = anyio.Semaphore(_COPIES_IN_FLIGHT)
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._read_ahead, name, progress.after, send)
+                    previous: anyio.Event | None = None
                     async with receive:
                         async for batch in receive:
-                            if batch:
-                                await self.target.insert(name, batch)
-                                progress.after = batch[-1].id
-                                progress.copied += len(batch)
-                                rows += len(batch)
-                                self.state.rate = rows / max(time.perf_counter() - started, 1e-9)
-                            progress.done = len(batch) < self.settings.batch
-                            await self._save()  # the checkpoint: the last id the target holds
+                            await slots.acquire()
+                            stored = anyio.Event()
+                            tg.start_soon(
+                                self._store, name, progress, batch, (previous, stored), slots
+                            )
+                            previous = stored
             except BaseExceptionGroup as group:
                 # The read-ahead task is this phase's own detail: callers get the error itself
                 # (a StoreError from a sidecar that died, say), which they know how to retry.
@@ -422,11 +436,41 @@ class Migrator:
                     raise group.exceptions[0] from None
                 raise
 
+    async def _store(
+        self,
+        name: str,
+        progress: TableProgress,
+        batch: list[Record],
+        order: tuple[anyio.Event | None, anyio.Event],
+        slots: anyio.Semaphore,
+    ) -> None:
+        """Insert one batch, then (after the batch before it) checkpoint it."""
+        previous, stored = order
+        if batch:
+            await self.router.give_way()
+            await self.target.insert(name, batch)
+        if previous is not None:
+            await previous.wait()
+        if batch:
+            progress.after = batch[-1].id
+            progress.copied += len(batch)
+            started, copied = self._copy_clock
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            self.state.rate = (self._copied() - copied) / elapsed
+        progress.done = len(batch) < self.settings.batch
+        await self._save()  # the checkpoint: the last id the target holds
+        stored.set()
+        slots.release()
+
+    def _copied(self) -> int:
+        return sum(progress.copied for progress in self.state.tables.values())
+
     async def _read_ahead(
         self, name: str, after: str | None, send: MemoryObjectSendStream[list[Record]]
     ) -> None:
         async with send:
             while True:
+                await self.router.give_way()
                 batch = await self.source.records_after(name, after, self.settings.batch)
                 try:
                     await send.send(batch)
@@ -495,35 +539,41 @@ class Migrator:
     async def _compare(
         self, name: str, samples: list[tuple[str, Record]]
     ) -> tuple[dict[str, str], list[str], int]:
-        """Both sides in id order: the ids that differ (and how), the first id of each bucket
-        of the source, and how many source records were seen; reservoir-samples records."""
+        """Both sides' content digests in id order (each store computes its own: no record
+        crosses the wire): the ids that differ (and how), the first id of each bucket of the
+        source, and how many source records were seen. Adds a random sample of the source's
+        records to `samples`."""
         rng = random.Random(len(name))  # noqa: S311 - sampling, not secrets
         differing: dict[str, str] = {}
         buckets: list[str] = []
+        picked: list[str] = []
         seen = 0
-        theirs = _by_id(self.target.export_all(name))
-        pending: Record | None = await anext(theirs, None)
-        async for batch in self.source.export_all(name):
+        theirs = _each(self.target.digests(name))
+        pending = await anext(theirs, None)
+        async for batch in self.source.digests(name):
+            await self.router.give_way()
             for mine in batch:
+                record_id = mine[0]
                 if seen % self.settings.bucket == 0:
-                    buckets.append(mine.id)
+                    buckets.append(record_id)
                 seen += 1
-                if len(samples) < self.settings.sample:
-                    samples.append((name, mine))
+                if len(picked) < self.settings.sample:
+                    picked.append(record_id)
                 elif (j := rng.randrange(seen)) < self.settings.sample:
-                    samples[j] = (name, mine)
-                while pending is not None and pending.id < mine.id:
-                    differing[pending.id] = "only in the target"
+                    picked[j] = record_id
+                while pending is not None and pending[0] < record_id:
+                    differing[pending[0]] = "only in the target"
                     pending = await anext(theirs, None)
-                if pending is None or pending.id != mine.id:
-                    differing[mine.id] = "missing from the target"
+                if pending is None or pending[0] != record_id:
+                    differing[record_id] = "missing from the target"
                     continue
-                if _digest(pending) != _digest(mine):
-                    differing[mine.id] = "content differs"
+                if pending[1] != mine[1]:
+                    differing[record_id] = "content differs"
                 pending = await anext(theirs, None)
         while pending is not None:
-            differing[pending.id] = "only in the target"
+            differing[pending[0]] = "only in the target"
             pending = await anext(theirs, None)
+        samples.extend((name, record) for record in await self.source.get_by_ids(name, picked))
         return differing, buckets, seen
 
     async def _sample_queries(self, samples: list[tuple[str, Record]]) -> dict[str, Any]:
@@ -533,6 +583,7 @@ class Migrator:
             await self.source.search(name, record.embedding, 10)
             await self.target.search(name, record.embedding, 10)
         for name, record in samples:
+            await self.router.give_way()
             started = time.perf_counter()
             exact = await self.source.search(name, record.embedding, 10)
             times["source"].append((time.perf_counter() - started) * 1000)
@@ -636,10 +687,10 @@ class Migrator:
         return self.state
 
 
-async def _by_id(batches: AsyncIterator[list[Record]]) -> AsyncIterator[Record]:
+async def _each(batches: AsyncIterator[list[_T]]) -> AsyncIterator[_T]:
     async for batch in batches:
-        for record in batch:
-            yield record
+        for item in batch:
+            yield item
 
 
 def _bucket_of(buckets: list[str], record_id: str) -> tuple[int, str, str]:

@@ -52,6 +52,7 @@ from store.base import (
     check_dim,
     check_table_name,
     check_top_k,
+    content_digest,
     tags_from_json,
     tags_to_json,
 )
@@ -600,17 +601,55 @@ class SQLiteStore:
     async def records_after(self, table: str, after: str | None, limit: int) -> list[Record]:
         """Up to `limit` records with ids above `after` (from the first when None), by id:
         one keyset page, one query."""
+        rows = await self._page("records_after", table, after, limit)
+        return [_record_from_row(row) for row in rows]
+
+    async def digests(
+        self, table: str, *, batch_size: int = 1000
+    ) -> AsyncIterator[list[tuple[str, bytes]]]:
+        """Every record's id and `content_digest`, in id order, `batch_size` at a time (keyset
+        pages, as `export_all`), computed from the stored row without building records."""
+        self._table(table)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidQuery(f"batch_size: expected a positive integer, got {batch_size!r}")
+        after: str | None = None
+        while True:
+            rows = await self._page("digests", table, after, batch_size)
+            if not rows:
+                return
+            after = rows[-1][0]
+            yield [
+                (
+                    row[0],
+                    content_digest(
+                        id=row[0],
+                        source_id=row[1],
+                        source_type=row[2],
+                        text_chunk=row[3],
+                        embedding=row[4],  # stored as little-endian float32
+                        created_at=row[5],
+                        tags_json=row[6],
+                    ),
+                )
+                for row in rows
+            ]
+            if len(rows) < batch_size:
+                return
+
+    async def _page(
+        self, operation: str, table: str, after: str | None, limit: int
+    ) -> list[sqlite3.Row]:
+        """Up to `limit` rows (`_COLUMNS`) with ids above `after`, by id: one keyset query."""
         t = self._table(table)
         _, reader = self._conns()
-        with self._errors("records_after", table):
+        with self._errors(operation, table):
             args: list[object]
             if after is None:
                 sql, args = f"SELECT {_COLUMNS} FROM {t.sql} ORDER BY id LIMIT ?", [limit]
             else:
                 sql = f"SELECT {_COLUMNS} FROM {t.sql} WHERE id > ? ORDER BY id LIMIT ?"
                 args = [after, limit]
-            rows = list(await reader.execute_fetchall(sql, args))
-        return [_record_from_row(row) for row in rows]
+            return list(await reader.execute_fetchall(sql, args))
 
     def tables(self) -> dict[str, int]:
         """The tables and their dimensions."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import cast
 
 import anyio
 import numpy as np
@@ -21,8 +23,11 @@ from store.base import (
     TableExists,
     UnknownTable,
     VectorStore,
+    content_digest,
+    tags_to_json,
 )
 from store.filter import parse
+from store.http import ServedStore
 from tests.store.conftest import StoreOpener, random_records, record
 from tests.store.model import assert_same_ranking, exact_search, matches
 
@@ -226,6 +231,38 @@ def test_invalid_records_are_refused_with_the_field_named(
     }
     with pytest.raises(InvalidRecord, match=message):
         Record(**{**base, **fields})  # type: ignore[arg-type]
+    # Record.batch (the sidecar's bulk decoding) checks the same, and names the record.
+    if fields.get("embedding") in ([[1.0, 2.0]], ["a", "b"]):
+        return  # the shape of one vector: a batch's matrix is checked as a whole, below
+    good = {k: v for k, v in base.items() if k != "embedding"}
+    bad = {**good, "id": "b", **{k: v for k, v in fields.items() if k != "embedding"}}
+    matrix: list[object] = [[1.0, 0.0], fields.get("embedding", [0.0, 1.0])]
+    prefix = "record 'b': " if "id" not in fields else r"record .*: "
+    with pytest.raises(InvalidRecord, match=prefix + ".*" + message):
+        Record.batch([good, bad], matrix)  # type: ignore[arg-type]  # bad on purpose
+
+
+def test_a_batch_equals_its_records_built_one_by_one() -> None:
+    fields = [
+        {"id": f"r{i}", "source_id": "s", "text_chunk": "ü", "created_at": "2024-05-01T14:00+02:00"}
+        for i in range(3)
+    ]
+    # Square norms that overflow or underflow float32 are still finite, non-zero vectors.
+    matrix = np.array([[1e30, 1e30], [1e-30, 0.0], [0.5, -2.0]], np.float32)
+    batch = Record.batch(fields, matrix)
+    one_by_one = [
+        Record(**{"source_type": "", "text_chunk": "", **f}, embedding=v)
+        for f, v in zip(fields, matrix, strict=True)
+    ]
+    assert batch == one_by_one
+    assert batch[0].created_at == "2024-05-01T12:00:00.000Z"
+    assert batch[0].tags == ()
+    matrix[0, 0] = 7.0  # the batch owns a read-only copy
+    assert batch[0].embedding[0] == np.float32(1e30)
+    assert not batch[0].embedding.flags.writeable
+    for wrong in ([[1.0, 0.0]], [[1.0, 0.0], [1.0]], np.ones((3, 0))):
+        with pytest.raises(InvalidRecord, match="embeddings: expected"):
+            Record.batch(fields, wrong)
 
 
 async def test_insert_refuses_things_that_are_not_records(store: VectorStore) -> None:
@@ -415,6 +452,55 @@ async def test_export_streams_every_record_in_id_order(store: VectorStore) -> No
     assert [r for b in batches for r in b] == sorted(records, key=lambda r: r.id)
     with pytest.raises(InvalidQuery, match="batch_size"):
         async for _ in store.export_all("t", batch_size=0):
+            pass
+
+
+def digest_of(record: Record) -> bytes:
+    return content_digest(
+        id=record.id,
+        source_id=record.source_id,
+        source_type=record.source_type,
+        text_chunk=record.text_chunk,
+        created_at=record.created_at,
+        tags_json=tags_to_json(record.tags),
+        embedding=record.embedding.astype("<f4").tobytes(),
+    )
+
+
+async def test_every_store_digests_the_same_records_alike(store: VectorStore) -> None:
+    served = cast(ServedStore, store)  # every store here can serve behind the sidecar
+    await store.create_table("t", dim=DIM)
+    records = random_records(2500, DIM)
+    await store.insert("t", list(reversed(records)))
+    batches = [b async for b in served.digests("t", batch_size=1000)]
+    assert [len(b) for b in batches] == [1000, 1000, 500]
+    ordered = sorted(records, key=lambda r: r.id)
+    assert [d for b in batches for d in b] == [(r.id, digest_of(r)) for r in ordered]
+    # Any field's change changes the digest.
+    first = ordered[0]
+    vector = first.embedding.copy()
+    vector[DIM - 1] = np.nextafter(vector[DIM - 1], np.float32(np.inf))
+    variants = [
+        dataclasses.replace(first, source_id="other"),
+        dataclasses.replace(first, source_type="other"),
+        dataclasses.replace(first, text_chunk=first.text_chunk + " "),
+        dataclasses.replace(first, created_at="2030-01-01T00:00:00Z"),
+        dataclasses.replace(first, tags=[*first.tags, "x"]),
+        dataclasses.replace(first, embedding=vector),
+    ]
+    seen = {digest_of(first)}
+    for variant in variants:
+        await store.insert("t", [variant])
+        digests = [d async for b in served.digests("t") for d in b]
+        assert digests[0] == (first.id, digest_of(variant))
+        assert digests[1:] == [(r.id, digest_of(r)) for r in ordered[1:]]
+        seen.add(digests[0][1])
+    assert len(seen) == 1 + len(variants)
+    with pytest.raises(UnknownTable):
+        async for _ in served.digests("nope"):
+            pass
+    with pytest.raises(InvalidQuery, match="batch_size"):
+        async for _ in served.digests("t", batch_size=0):
             pass
 
 

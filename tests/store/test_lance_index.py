@@ -122,6 +122,10 @@ async def test_an_outgrown_index_is_replaced_by_a_new_one(tmp_path: Path) -> Non
         await store.insert("t", records_of(vectors[:1_000]))
         assert (await store.maintain("t"))[-1].startswith("built IVF_RQ with 8 partitions")
         await store.insert("t", records_of(vectors[1_000:], start=1_000))
+        # The table quadrupled since the last pass: it is loading, and the rebuild waits a pass
+        assert await store.maintain("t") == [
+            "waiting: the table is loading (1000 rows at the previous pass)"
+        ]
         # 4,200 rows want 16 partitions: twice what the index has, so it is rebuilt, not folded
         (done,) = await store.maintain("t")
         assert done.startswith("built IVF_RQ with 16 partitions over 4200 rows")
@@ -130,6 +134,25 @@ async def test_an_outgrown_index_is_replaced_by_a_new_one(tmp_path: Path) -> Non
         assert [n for n in names if n.startswith("embedding")] == ["embedding_ivf_rq_p16"]
         assert await store.index_status("t") == IndexStatus("IVF_RQ", "indexed", 4_200, 0)
         assert (await store.search("t", vectors[4_100], 1))[0].id == "r004100"
+
+
+async def test_a_table_that_keeps_loading_is_indexed_after_max_waits(tmp_path: Path) -> None:
+    vectors = clustered(3_000, 16)
+    async with LanceStore(tmp_path, IndexPolicy(ann_min_rows=1_000, max_waits=2)) as store:
+        await store.create_table("t", dim=16)
+        await store.insert("t", records_of(vectors[:500]))
+        first = await store.maintain("t")  # below ann_min_rows: the scalar indexes only
+        assert len(first) == 5
+        assert all(line.startswith("built the ") for line in first)
+        waited = []
+        for start in (500, 1_000, 2_000):  # each pass finds the table grown by half or more
+            await store.insert("t", records_of(vectors[start : start * 2], start=start))
+            waited.append((await store.maintain("t"))[-1])
+        assert waited[:2] == [
+            "waiting: the table is loading (500 rows at the previous pass)",
+            "waiting: the table is loading (1000 rows at the previous pass)",
+        ]
+        assert waited[2].startswith("built IVF_RQ with 14 partitions over 3000 rows")
 
 
 async def test_optimize_compacts_small_fragments_and_removes_old_versions(tmp_path: Path) -> None:

@@ -4,7 +4,9 @@ and a real LanceDB directory, with a writer running through the router the whole
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,10 +17,12 @@ import numpy as np
 import pytest
 
 from store.base import Record, VectorStore
+from store.http import HTTPStore
 from store.lance import LanceStore
 from store.migrate import MigrationSettings, Migrator, RoutedStore, VerifyFailed, load_state
 from store.sqlite import SQLiteStore
 from tests.store.conftest import random_records, record
+from tests.store.sidecar import running_sidecar
 
 DIM = 8
 TABLE = "context_vectors"
@@ -240,3 +244,39 @@ async def test_rollback_gives_sqlite_every_change_made_on_both_sides_of_cutover(
         assert not router.on_target
         same(await contents(router.sqlite), model)
         assert await router.sqlite.changes_after(0, 10) == []  # the log is off and empty
+
+
+@pytest.mark.anyio
+async def test_the_migration_gives_way_to_a_search_in_flight(tmp_path: Path) -> None:
+    # The search goes to a real sidecar frozen with SIGSTOP: it stays in flight until SIGCONT.
+    order: list[str] = []
+    async with (
+        SQLiteStore(tmp_path / "vectors.db") as sqlite,
+        running_sidecar("sqlite", tmp_path / "side.db") as sidecar,
+        HTTPStore(sidecar.url, secret=sidecar.secret, timeout=60) as target,
+    ):
+        await target.create_table(TABLE, dim=DIM)
+        await target.insert(TABLE, random_records(10, DIM))
+        router = RoutedStore(sqlite, target, on_target=True)
+        await router.give_way(limit=60)  # nothing in flight: at once
+
+        async def search() -> None:
+            await router.search(TABLE, np.ones(DIM), 3)
+            order.append("search answered")
+
+        async def give_way() -> None:
+            await router.give_way(limit=60)
+            order.append("gave way")
+
+        os.kill(sidecar.pid, signal.SIGSTOP)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(search)
+                await anyio.wait_all_tasks_blocked()
+                tg.start_soon(give_way)
+                await anyio.wait_all_tasks_blocked()
+                assert order == []  # the search is in flight, so the migration waits
+                os.kill(sidecar.pid, signal.SIGCONT)
+        finally:
+            os.kill(sidecar.pid, signal.SIGCONT)
+    assert order == ["search answered", "gave way"]
