@@ -286,6 +286,11 @@ class RoutedStore:
     def export_all(self, table: str, *, batch_size: int = 1000) -> AsyncIterator[list[Record]]:
         return self.active.export_all(table, batch_size=batch_size)
 
+    def digests(
+        self, table: str, *, batch_size: int = 1000
+    ) -> AsyncIterator[list[tuple[str, bytes]]]:
+        return self.active.digests(table, batch_size=batch_size)
+
     async def count(self, table: str) -> int:
         return await self.active.count(table)
 
