@@ -213,10 +213,13 @@ class IndexPolicy:
     max_small_fragments: int = 32  # compact once this many small fragments have piled up
     retention_seconds: float = 3600.0  # versions older than this are deleted by optimize
     exact_filter_rows: int = 20_000  # a filter matching at most this many rows: exact search
-    # A table that grew by more than this fraction since the previous pass is being loaded
-    # (a migration's copy, an import): building or optimizing now would be redone minutes later.
+    # A table that grew by more than this fraction, or this many rows, since the previous pass
+    # is being loaded (a migration's copy, an import): building or optimizing now would be
+    # redone soon after. (A 1M-row copy at ~10,000 rows/s grows by 100,000 rows a pass, under
+    # 20% from 500,000 rows on; the daemon's own ingest stays far below 20,000 rows a pass.)
     loading_growth: float = 0.2
-    max_waits: int = 6  # passes a loading table waits at most, so a steady flood is indexed too
+    loading_rows: int = 20_000
+    max_waits: int = 30  # passes a loading table waits at most, so a steady flood is indexed too
     refine_factor: int = 3  # candidates re-ranked with full vectors, per result asked for
 
     def __post_init__(self) -> None:
@@ -652,9 +655,9 @@ class LanceStore:
         Builds missing scalar indexes; builds the IVF_RQ index once the table reaches
         `ann_min_rows`, and a new one when the table has outgrown it (4 times the rows); otherwise
         runs `optimize()` when new rows or small fragments have piled up. Either waits while
-        the table is loading (it grew by more than `IndexPolicy.loading_growth` since the
-        previous pass), for at most `max_waits` passes: an index built halfway through a bulk
-        load would be rebuilt or refolded soon after. Builds run beside
+        the table is loading (it grew by more than `IndexPolicy.loading_growth` or
+        `loading_rows` since the previous pass), for at most `max_waits` passes: an index built
+        halfway through a bulk load would be rebuilt or refolded soon after. Builds run beside
         reads and writes. Passes on one table never overlap: a pass asked for while one runs
         returns at once. A failure is kept for `index_status` and raised as StoreError.
         """
@@ -688,7 +691,8 @@ class LanceStore:
         if not build and not await self._optimize_due(t):
             t.waits = 0
             return done
-        loading = before is not None and rows > before * (1 + self.policy.loading_growth)
+        grown = rows - before if before is not None else 0
+        loading = grown > min(self.policy.loading_rows, (before or 0) * self.policy.loading_growth)
         if loading and t.waits < self.policy.max_waits:
             t.waits += 1
             done.append(f"waiting: the table is loading ({before} rows at the previous pass)")

@@ -4,6 +4,7 @@ and a real LanceDB directory, with a writer running through the router the whole
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import random
 import signal
@@ -18,7 +19,7 @@ import pytest
 
 from store.base import Record, VectorStore
 from store.http import HTTPStore
-from store.lance import LanceStore
+from store.lance import IndexPolicy, LanceStore
 from store.migrate import MigrationSettings, Migrator, RoutedStore, VerifyFailed, load_state
 from store.sqlite import SQLiteStore
 from tests.store.conftest import random_records, record
@@ -280,3 +281,31 @@ async def test_the_migration_gives_way_to_a_search_in_flight(tmp_path: Path) -> 
         finally:
             os.kill(sidecar.pid, signal.SIGCONT)
     assert order == ["search answered", "gave way"]
+
+
+@pytest.mark.anyio
+async def test_verify_waits_for_rows_outside_the_index_to_be_folded_in(tmp_path: Path) -> None:
+    await seeded(tmp_path, n=2000)
+    settings = dataclasses.replace(SETTINGS, ann_min_rows=1000)
+    async with (
+        SQLiteStore(tmp_path / "vectors.db") as sqlite,
+        LanceStore(tmp_path / "lance", IndexPolicy(ann_min_rows=1000)) as lance,
+    ):
+        router = RoutedStore(sqlite, lance, on_target=False)
+        assert (await Migrator(router, settings).run(stop_before="replay")).phase == "replay"
+        assert any(line.startswith("built IVF_RQ") for line in await lance.maintain(TABLE))
+        # Written during the migration: replayed into LanceDB, outside its index.
+        await router.insert(TABLE, random_records(1000, DIM, seed=4, prefix="late"))
+        migrator = Migrator(router, settings)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(functools.partial(migrator.run, stop_before="verify"))
+            with anyio.fail_after(60):
+                while migrator.state.waiting is None:
+                    await anyio.sleep(0.01)
+            assert migrator.state.waiting == (f"index build: {TABLE} (1000 rows not yet indexed)")
+            assert migrator.state.phase == "index"
+            # The sidecar's passes: the first finds the table loading, the second folds them in.
+            assert (await lance.maintain(TABLE))[0].startswith("waiting: the table is loading")
+            assert (await lance.maintain(TABLE))[0].startswith("optimized")
+        assert migrator.state.phase == "verify"
+        assert migrator.state.waiting is None
