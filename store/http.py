@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hmac
 import ipaddress
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Final, Protocol, Self, TypeVar
 from urllib.parse import quote
@@ -818,27 +819,31 @@ class HTTPStore:
         self, table: str, *, batch_size: int = 1000
     ) -> AsyncIterator[list[Record]]:
         """See `VectorStore.export_all`. One streamed request; one NDJSON line per batch."""
-        async for answer in self._lines("export_all", table, "/records", batch_size):
-            yield await self._records(answer, "records", record_from_json)
+        lines = self._lines("export_all", table, "/records", batch_size)
+        async with contextlib.aclosing(lines):  # a bad batch closes the response at once
+            async for answer in lines:
+                yield await self._records(answer, "records", record_from_json)
 
     async def digests(
         self, table: str, *, batch_size: int = 1000
     ) -> AsyncIterator[list[tuple[str, bytes]]]:
         """See `ServedStore.digests`. One streamed request; one NDJSON line per batch."""
-        async for answer in self._lines("digests", table, "/digests", batch_size):
-            pairs = answer.get("digests") if isinstance(answer, dict) else None
-            try:
-                batch = [(str(i), bytes.fromhex(digest)) for i, digest in pairs]  # type: ignore[union-attr]
-            except (TypeError, ValueError) as exc:
-                raise StoreError(
-                    f"sidecar at {self.base_url}: digests: bad line, expected "
-                    f"{{'digests': [[id, hex], ...]}} ({exc})"
-                ) from None
-            yield batch
+        lines = self._lines("digests", table, "/digests", batch_size)
+        async with contextlib.aclosing(lines):  # a bad line closes the response at once
+            async for answer in lines:
+                pairs = answer.get("digests") if isinstance(answer, dict) else None
+                try:
+                    batch = [(str(i), bytes.fromhex(digest)) for i, digest in pairs]  # type: ignore[union-attr]
+                except (TypeError, ValueError) as exc:
+                    raise StoreError(
+                        f"sidecar at {self.base_url}: digests: bad line, expected "
+                        f"{{'digests': [[id, hex], ...]}} ({exc})"
+                    ) from None
+                yield batch
 
     async def _lines(
         self, operation: str, table: str, route: str, batch_size: int
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any, None]:
         """A streamed GET's NDJSON lines, decoded; an error line is raised as its error."""
         import httpx  # noqa: PLC0415 - see the import at the top
 

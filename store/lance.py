@@ -226,6 +226,9 @@ class IndexPolicy:
         if self.ann_min_rows < 1_000:
             # IVF training needs rows to learn partitions from; fewer make a poor index.
             raise ValueError(f"ann_min_rows: expected at least 1000, got {self.ann_min_rows}")
+        for name in ("loading_growth", "loading_rows", "max_waits"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}: expected at least 0, got {getattr(self, name)}")
         if not self.retention_seconds >= 0.001:
             # Zero would delete the versions that searches in flight are reading.
             raise ValueError(
@@ -773,7 +776,9 @@ class LanceStore:
                 index = await t.handle.index_stats(f"{_VECTOR_INDEX}{t.partitions}")
                 unindexed = index.num_unindexed_rows if index is not None else rows
         kind = "exact" if t.partitions is None else "IVF_RQ"
-        state = t.activity or ("exact" if t.partitions is None else "indexed")
+        # "loading": the last pass put a due build or optimize off (see maintain).
+        idle = "loading" if t.waits else ("exact" if t.partitions is None else "indexed")
+        state = t.activity or idle
         return IndexStatus(kind, state, rows, unindexed, t.error)
 
     def tables(self) -> dict[str, int]:

@@ -47,6 +47,7 @@ from store.base import (
     IndexStatus,
     Record,
     ScoredRecord,
+    StoreError,
     TableExists,
     VectorLike,
     VectorStore,
@@ -89,7 +90,7 @@ class VerifyFailed(MigrationError):  # noqa: N818 - reads as a fact
 class MigrationSettings:
     batch: int = 1000  # records per copy batch
     bucket: int = 1000  # records per checksum bucket in verify
-    sample: int = 20  # queries compared in verify
+    sample: int = 20  # queries compared in verify, per table
     recall: float = 0.9  # the target's top-10 must overlap the exact top-10 this much
     ann_min_rows: int = 10_000  # from this many rows the target must be indexed
     unindexed: float = 0.2  # ... with at most this fraction of its rows not yet in the index
@@ -436,11 +437,10 @@ class Migrator:
                             )
                             previous = stored
             except BaseExceptionGroup as group:
-                # The read-ahead task is this phase's own detail: callers get the error itself
-                # (a StoreError from a sidecar that died, say), which they know how to retry.
-                if len(group.exceptions) == 1:
-                    raise group.exceptions[0] from None
-                raise
+                # The tasks are this phase's own detail: callers get the error itself (a
+                # StoreError from a sidecar that died, say), which they know how to retry, even
+                # when the batches in flight failed together.
+                raise _first_error(group) from None
 
     async def _store(
         self,
@@ -504,6 +504,8 @@ class Migrator:
 
     async def _verify(self) -> None:
         replayed = await self._catch_up()
+        for name, dim in self.source.tables().items():
+            await self._ensure_table(name, dim)  # made after the mark and still empty: no log
         samples = self._samples = []
         compared = {name: await self._compare(name, samples) for name in self.source.tables()}
         # Changed since the replay, while or before the comparison read them: in flight.
@@ -695,6 +697,27 @@ class Migrator:
             await self.source.stop_change_log()
             self.router.switch(on_target=False)
         return self.state
+
+
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    """The error a failed task group stands for: its first StoreError, else its first error
+    that is not a cancellation, else the group itself."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    cancelled = anyio.get_cancelled_exc_class()
+    real = [e for e in leaves if not isinstance(e, cancelled)]
+    for exc in real:
+        if isinstance(exc, StoreError):
+            return exc
+    return real[0] if real else group
 
 
 async def _each(batches: AsyncIterator[list[_T]]) -> AsyncIterator[_T]:

@@ -57,9 +57,15 @@ class Sidecar:
 
 @asynccontextmanager
 async def running_sidecar(
-    backend: str, path: Path, *, secret: str | None = None, args: tuple[str, ...] = ()
+    backend: str,
+    path: Path,
+    *,
+    secret: str | None = None,
+    args: tuple[str, ...] = (),
+    killed: bool = False,
 ) -> AsyncIterator[Sidecar]:
-    """A sidecar serving a `backend` store at `path`; it must exit 0 on SIGTERM afterwards."""
+    """A sidecar serving a `backend` store at `path`; it must exit 0 on SIGTERM afterwards,
+    unless the test says it `killed` it."""
     secret = secrets.token_urlsafe(32) if secret is None else secret
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SATCHEL_SIDECAR_SECRET": secret}
     argv = [sys.executable, "-m", "store", "serve", "--backend", backend, "--path", str(path)]
@@ -78,4 +84,7 @@ async def running_sidecar(
         finally:
             with anyio.CancelScope(shield=True):
                 status = await sidecar.stop()
-        assert status == 0, f"the sidecar exited with {status} on SIGTERM"
+        if killed:
+            assert status == -signal.SIGKILL, f"the sidecar exited with {status}, not killed"
+        else:
+            assert status == 0, f"the sidecar exited with {status} on SIGTERM"

@@ -126,6 +126,7 @@ async def test_an_outgrown_index_is_replaced_by_a_new_one(tmp_path: Path) -> Non
         assert await store.maintain("t") == [
             "waiting: the table is loading (1000 rows at the previous pass)"
         ]
+        assert (await store.index_status("t")).state == "loading"
         # 4,200 rows want 16 partitions: twice what the index has, so it is rebuilt, not folded
         (done,) = await store.maintain("t")
         assert done.startswith("built IVF_RQ with 16 partitions over 4200 rows")
@@ -153,6 +154,30 @@ async def test_a_table_that_keeps_loading_is_indexed_after_max_waits(tmp_path: P
             "waiting: the table is loading (1000 rows at the previous pass)",
         ]
         assert waited[2].startswith("built IVF_RQ with 14 partitions over 3000 rows")
+
+
+async def test_a_big_table_growing_by_many_rows_is_loading_too(tmp_path: Path) -> None:
+    vectors = clustered(3_400, 16)
+    policy = IndexPolicy(ann_min_rows=1_000, loading_rows=300, optimize_growth=0.01)
+    async with LanceStore(tmp_path, policy) as store:
+        await store.create_table("t", dim=16)
+        await store.insert("t", records_of(vectors[:3_000]))
+        assert (await store.maintain("t"))[-1].startswith("built IVF_RQ")
+        await store.insert("t", records_of(vectors[3_000:3_200], start=3_000))
+        # 200 rows: under 20% and under loading_rows, so the optimize is not put off
+        assert (await store.maintain("t"))[0].startswith("optimized")
+        await store.insert("t", records_of(vectors[3_200:], start=3_200))
+        await store.delete("t", "r000000")
+        # 199 rows more than at the previous pass (200 added, 1 deleted): not loading either
+        assert (await store.maintain("t"))[0].startswith("optimized")
+    policy = IndexPolicy(ann_min_rows=1_000, loading_rows=100, optimize_growth=0.01)
+    async with LanceStore(tmp_path, policy) as store:
+        await store.maintain("t")  # the first pass after opening: nothing to compare with
+        await store.insert("t", records_of(clustered(150, 16, seed=3), start=9_000))
+        # 150 of 3,549 rows is 4%, but more than loading_rows
+        assert (await store.maintain("t")) == [
+            "waiting: the table is loading (3399 rows at the previous pass)"
+        ]
 
 
 async def test_optimize_compacts_small_fragments_and_removes_old_versions(tmp_path: Path) -> None:

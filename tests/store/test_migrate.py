@@ -17,7 +17,7 @@ import anyio.lowlevel
 import numpy as np
 import pytest
 
-from store.base import Record, VectorStore
+from store.base import Record, StoreError, VectorStore
 from store.http import HTTPStore
 from store.lance import IndexPolicy, LanceStore
 from store.migrate import MigrationSettings, Migrator, RoutedStore, VerifyFailed, load_state
@@ -309,3 +309,57 @@ async def test_verify_waits_for_rows_outside_the_index_to_be_folded_in(tmp_path:
             assert (await lance.maintain(TABLE))[0].startswith("optimized")
         assert migrator.state.phase == "verify"
         assert migrator.state.waiting is None
+
+
+@pytest.mark.anyio
+async def test_a_sidecar_dying_mid_copy_raises_its_error_and_the_copy_resumes(
+    tmp_path: Path,
+) -> None:
+    model = await seeded(tmp_path, n=3000)
+    settings = dataclasses.replace(SETTINGS, batch=50)  # many batches: three in flight
+    failure: BaseException | None = None
+    async with SQLiteStore(tmp_path / "vectors.db") as sqlite:
+        async with (
+            running_sidecar("sqlite", tmp_path / "side.db", killed=True) as sidecar,
+            HTTPStore(sidecar.url, secret=sidecar.secret, retries=0) as target,
+        ):
+            migrator = Migrator(RoutedStore(sqlite, target, on_target=False), settings)
+
+            async def kill_while_copying() -> None:
+                while sum(p.copied for p in migrator.state.tables.values()) < 500:
+                    await anyio.sleep(0.001)
+                os.kill(sidecar.pid, signal.SIGKILL)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(kill_while_copying)
+                try:
+                    await migrator.run()
+                except BaseException as exc:
+                    failure = exc
+        # The batches in flight failed together; the caller gets one StoreError, not a group.
+        assert isinstance(failure, StoreError), repr(failure)
+        state = await load_state(sqlite)
+        assert state is not None
+        assert state.phase == "copy"
+        assert 500 <= state.tables[TABLE].copied < 3000
+        async with (
+            running_sidecar("sqlite", tmp_path / "side.db") as sidecar,
+            HTTPStore(sidecar.url, secret=sidecar.secret) as target,
+        ):
+            router = RoutedStore(sqlite, target, on_target=False)
+            assert (await Migrator(router, settings).run()).phase == "done"
+            same(await contents(target), model)
+            ids = [r.id async for b in target.export_all(TABLE) for r in b]
+            assert len(ids) == len(set(ids)) == 3000
+
+
+@pytest.mark.anyio
+async def test_a_table_made_after_the_mark_and_left_empty_is_migrated(tmp_path: Path) -> None:
+    await seeded(tmp_path, n=300)
+    async with stores(tmp_path) as router:
+        assert (await Migrator(router, SETTINGS).run(stop_before="copy")).phase == "copy"
+        await router.create_table("empty", dim=3)  # no record, so nothing in the change log
+        assert (await Migrator(router, SETTINGS).run()).phase == "done"
+        assert router.target is not None
+        assert router.target.tables()["empty"] == 3
+        assert await router.target.count("empty") == 0
