@@ -419,9 +419,9 @@ class Migrator:
             await self._ensure_table(name, progress.dim)
             if progress.done:
                 continue
-            # Three stages overlap: the next batch is read from SQLite while two are on their
-            # way into the target, so one is decoded there while the other is written (bench/
-            # migrate.py). Checkpoints still go in order: each batch's after the one before.
+            # The stages overlap: the next batch is read from SQLite while up to three are on
+            # their way into the target, so one is decoded there while another is written
+            # (bench/migrate.py). Checkpoints still go in order: each after the one before.
             send, receive = anyio.create_memory_object_stream[list[Record]](1)
             slots = anyio.Semaphore(_COPIES_IN_FLIGHT)
             try:
