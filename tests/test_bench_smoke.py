@@ -24,12 +24,20 @@ def run_bench(*args: str) -> str:
     return result.stdout
 
 
+def summary(output: str, *figures: str) -> str:
+    """The report's summary, after checking that it prints each of `figures`."""
+    report = output.split("== summary ==")[1]
+    for figure in figures:
+        assert figure in report
+    return report
+
+
 def test_store_benchmark_smoke_run(tmp_path: Path) -> None:
     output = run_bench(
         "bench/store.py", "--sizes", SIZE, "--queries", "20", "--workdir", str(tmp_path)
     )
-    report = output.split("== summary ==")[1]
-    for figure in (
+    report = summary(
+        output,
         "search top-10 p50 vs bandwidth bound",
         "vs sqlite-vec (vec0 KNN)",
         "vs reading every BLOB per query",
@@ -37,8 +45,7 @@ def test_store_benchmark_smoke_run(tmp_path: Path) -> None:
         "insert throughput (batches of 1,000)",
         "open + first search",
         "peak RSS",
-    ):
-        assert figure in report
+    )
     # The store is exact: its top-10 must be numpy's exact top-10.
     assert '"recall_at_10": 1.0' in report
     print(report)  # shown with -s, and in CI logs on failure
@@ -72,8 +79,8 @@ def test_daemon_benchmark_smoke_run() -> None:
 
 def test_lance_benchmark_smoke_run() -> None:
     output = run_bench("bench/lance.py", "--smoke")
-    report = output.split("== summary ==")[1]
-    for figure in (
+    report = summary(
+        output,
         "search p50, top-10",
         "filtered search (1% match)",
         "index build",
@@ -82,37 +89,34 @@ def test_lance_benchmark_smoke_run() -> None:
         "sidecar RSS",
         "peer: SQLiteStore (exact)",
         "peer: faiss HNSW",
-    ):
-        assert figure in report
+    )
     assert '"failed_during_build": 0' in report  # searches stayed available
     print(report)
 
 
 def test_migrate_benchmark_smoke_run() -> None:
     output = run_bench("bench/migrate.py", "--smoke")
-    report = output.split("== summary ==")[1]
-    for figure in (
+    report = summary(
+        output,
         "copy rate through the sidecar",
         "start -> cutover",
         "longest write pause",
         "search p95 during the migration",
         "verification",
-    ):
-        assert figure in report
+    )
     assert "LanceDB holds every row: True" in report  # the writer's rows too, once
     print(report)
 
 
 def test_feeds_benchmark_smoke_run() -> None:
     output = run_bench("bench/feeds.py", "--smoke")
-    report = output.split("== summary ==")[1]
-    for figure in (
+    report = summary(
+        output,
         "one cycle over N unchanged feeds (all 304)",
         "N changed feeds x 20 entries -> searchable",
         "daemon RSS during that",
         "quadratic-entity feed parse",
-    ):
-        assert figure in report
+    )
     assert "probe found: True" in report  # the last entry of the last feed is searchable
     assert "50 304s of 50 requests" in report  # the unchanged cycle was all conditional
     print(report)
@@ -120,13 +124,12 @@ def test_feeds_benchmark_smoke_run() -> None:
 
 def test_pages_benchmark_smoke_run() -> None:
     output = run_bench("bench/pages.py", "--smoke")
-    report = output.split("== summary ==")[1]
-    for figure in (
+    report = summary(
+        output,
         "POST /pages ack, 1 MB pages, 20 concurrent",
         "peer: POST /documents on the Unix socket",
         "daemon RSS while 10 pages of 5 MiB arrive",
         "saved page -> searchable, 100 KB article",
-    ):
-        assert figure in report
+    )
     assert "10 acked" in report  # every 5 MiB page was taken, none refused
     print(report)
