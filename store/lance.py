@@ -656,9 +656,11 @@ class LanceStore:
         """One maintenance pass over `table`; returns what it did (empty: nothing was due).
 
         Builds missing scalar indexes; builds the IVF_RQ index once the table reaches
-        `ann_min_rows`, and a new one when the table has outgrown it (4 times the rows); otherwise
-        runs `optimize()` when new rows or small fragments have piled up. Either waits while
-        the table is loading (it grew by more than `IndexPolicy.loading_growth` or
+        `ann_min_rows`, and a new one when the table has outgrown it (4 times the rows), after
+        compacting small fragments; otherwise runs `optimize()` when new rows or small fragments
+        have piled up. Before either, it rebuilds the scalar indexes if rows have piled up
+        outside them, which is quick and keeps upserts and deletes fast. All but the first
+        wait while the table is loading (it grew by more than `IndexPolicy.loading_growth` or
         `loading_rows` since the previous pass), for at most `max_waits` passes: an index built
         halfway through a bulk load would be rebuilt or refolded soon after. Builds run beside
         reads and writes. Passes on one table never overlap: a pass asked for while one runs
@@ -701,6 +703,11 @@ class LanceStore:
             done.append(f"waiting: the table is loading ({before} rows at the previous pass)")
             return done
         t.waits = 0
+        done += await self._refresh_scalar_indexes(t)
+        if build and await self._small_fragments(t) > self.policy.max_small_fragments:
+            # Compacting first is cheaper than after: the build then reads a few large
+            # fragments, and no vector index has to be remapped onto the rewritten ones.
+            done.append(await self._optimized(t))
         if build:
             started = time.monotonic()
             t.activity = "building"
@@ -719,21 +726,25 @@ class LanceStore:
                 f"in {time.monotonic() - started:.1f} s"
             )
         else:
-            started = time.monotonic()
-            t.activity = "optimizing"
-            try:
-                stats = await self._optimize(t)
-            finally:
-                t.activity = None
-            done.append(
-                f"optimized in {time.monotonic() - started:.1f} s: "
-                f"{stats.compaction.fragments_removed} fragments compacted into "
-                f"{stats.compaction.fragments_added}, "
-                f"{stats.prune.old_versions_removed} old versions removed"
-            )
+            done.append(await self._optimized(t))
         return done
 
-    async def _optimize_due(self, t: _Table) -> bool:
+    async def _optimized(self, t: _Table) -> str:
+        """Run `optimize()`; what it did."""
+        started = time.monotonic()
+        t.activity = "optimizing"
+        try:
+            stats = await self._optimize(t)
+        finally:
+            t.activity = None
+        return (
+            f"optimized in {time.monotonic() - started:.1f} s: "
+            f"{stats.compaction.fragments_removed} fragments compacted into "
+            f"{stats.compaction.fragments_added}, "
+            f"{stats.prune.old_versions_removed} old versions removed"
+        )
+
+    async def _small_fragments(self, t: _Table) -> int:
         # Annotated as a dataclass, returned as a dict by lancedb 0.40: read it either way.
         stats: Any = await t.handle.stats()
         fragments = stats["fragment_stats"] if isinstance(stats, dict) else stats.fragment_stats
@@ -742,15 +753,37 @@ class LanceStore:
             if isinstance(fragments, dict)
             else (fragments.num_small_fragments)
         )
-        if small > self.policy.max_small_fragments:
+        return int(small)
+
+    async def _outgrown(self, t: _Table, index: str) -> bool:
+        """Whether `index` leaves out more than `optimize_growth` of the rows it covers."""
+        stats = await t.handle.index_stats(index)
+        if stats is None:
+            return False
+        return stats.num_unindexed_rows > self.policy.optimize_growth * max(
+            1, stats.num_indexed_rows
+        )
+
+    async def _optimize_due(self, t: _Table) -> bool:
+        if await self._small_fragments(t) > self.policy.max_small_fragments:
             return True
         name = f"{_VECTOR_INDEX}{t.partitions}" if t.partitions is not None else "id_idx"
-        index = await t.handle.index_stats(name)
-        if index is None:
-            return False
-        return index.num_unindexed_rows > self.policy.optimize_growth * max(
-            1, index.num_indexed_rows
-        )
+        return await self._outgrown(t, name)
+
+    async def _refresh_scalar_indexes(self, t: _Table) -> list[str]:
+        """Rebuild the scalar indexes when rows have piled up outside them (a bulk load).
+
+        An upsert's join on `id` and a delete's predicate read every row outside the id index:
+        at 300,000 rows with 250,000 of them outside it, an upsert of 100 rows took 1.3 s and a
+        delete 43 ms; after a rebuild (0.1 s; all five 0.6-0.9 s) 22 ms and 3 ms. `optimize()`
+        would fold them in too, but only after its compaction, which takes far longer.
+        """
+        if not await self._outgrown(t, "id_idx"):
+            return []
+        started = time.monotonic()
+        for column, kind in _SCALAR_INDEXES.items():
+            await t.handle.create_index(column, config=kind(), replace=True)
+        return [f"rebuilt the scalar indexes in {time.monotonic() - started:.1f} s"]
 
     async def _optimize(self, t: _Table) -> Any:
         cleanup = timedelta(seconds=self.policy.retention_seconds)

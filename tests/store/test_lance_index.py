@@ -81,8 +81,11 @@ async def test_rows_not_yet_indexed_are_found_and_then_folded_in(tmp_path: Path)
         assert await store.index_status("t") == IndexStatus("IVF_RQ", "indexed", 3_400, 400)
         for i in (3_000, 3_399):
             assert (await store.search("t", vectors[i], 1))[0].id == f"r{i:06d}"
-        (done,) = await store.maintain("t")  # 400 new rows are over 10% of 3,000
-        assert done.startswith("optimized")
+        done = await store.maintain("t")  # 400 new rows are over 10% of 3,000
+        assert [line.split(" in ")[0] for line in done] == [
+            "rebuilt the scalar indexes",
+            "optimized",
+        ]
         assert await store.index_status("t") == IndexStatus("IVF_RQ", "indexed", 3_400, 0)
         for i in (3_000, 3_399):
             assert (await store.search("t", vectors[i], 1))[0].id == f"r{i:06d}"
@@ -128,7 +131,8 @@ async def test_an_outgrown_index_is_replaced_by_a_new_one(tmp_path: Path) -> Non
         ]
         assert (await store.index_status("t")).state == "loading"
         # 4,200 rows want 16 partitions: twice what the index has, so it is rebuilt, not folded
-        (done,) = await store.maintain("t")
+        rebuilt, done = await store.maintain("t")
+        assert rebuilt.startswith("rebuilt the scalar indexes")  # 3,200 rows were outside them
         assert done.startswith("built IVF_RQ with 16 partitions over 4200 rows")
         table = await (await lancedb.connect_async(tmp_path)).open_table("t")
         names = [index.name for index in await table.list_indices()]
@@ -165,11 +169,11 @@ async def test_a_big_table_growing_by_many_rows_is_loading_too(tmp_path: Path) -
         assert (await store.maintain("t"))[-1].startswith("built IVF_RQ")
         await store.insert("t", records_of(vectors[3_000:3_200], start=3_000))
         # 200 rows: under 20% and under loading_rows, so the optimize is not put off
-        assert (await store.maintain("t"))[0].startswith("optimized")
+        assert (await store.maintain("t"))[-1].startswith("optimized")
         await store.insert("t", records_of(vectors[3_200:], start=3_200))
         await store.delete("t", "r000000")
         # 199 rows more than at the previous pass (200 added, 1 deleted): not loading either
-        assert (await store.maintain("t"))[0].startswith("optimized")
+        assert (await store.maintain("t"))[-1].startswith("optimized")
     policy = IndexPolicy(ann_min_rows=1_000, loading_rows=100, optimize_growth=0.01)
     async with LanceStore(tmp_path, policy) as store:
         await store.maintain("t")  # the first pass after opening: nothing to compare with
@@ -178,6 +182,41 @@ async def test_a_big_table_growing_by_many_rows_is_loading_too(tmp_path: Path) -
         assert (await store.maintain("t")) == [
             "waiting: the table is loading (3399 rows at the previous pass)"
         ]
+
+
+async def test_rows_piled_up_outside_the_scalar_indexes_are_folded_in_before_the_build(
+    tmp_path: Path,
+) -> None:
+    vectors = clustered(3_000, 16)
+    policy = IndexPolicy(ann_min_rows=2_000, max_small_fragments=4)
+    async with LanceStore(tmp_path, policy) as store:
+        await store.create_table("t", dim=16)
+        await store.insert("t", records_of(vectors[:500]))
+        assert len(await store.maintain("t")) == 5  # the scalar indexes, over 500 rows
+        for start in range(500, 3_000, 100):  # a bulk load: 25 more fragments
+            await store.insert("t", records_of(vectors[start : start + 100], start=start))
+        raw = await (await lancedb.connect_async(tmp_path)).open_table("t")
+        stale = await raw.index_stats("id_idx")
+        assert stale is not None
+        assert stale.num_unindexed_rows == 2_500
+        await store.maintain("t")  # the first pass after the load finds it still loading
+        done = await store.maintain("t")
+        # The scalar indexes first (upserts and deletes join on id), then the compaction, so
+        # the build reads a few large fragments rather than 26 small ones.
+        assert [line.split(" in ")[0].split(":")[0] for line in done] == [
+            "rebuilt the scalar indexes",
+            "optimized",
+            "built IVF_RQ with 14 partitions over 3000 rows",
+        ]
+        assert "26 fragments compacted into 1" in done[1]
+        fresh = await (await lancedb.connect_async(tmp_path)).open_table("t")
+        for name in ("id_idx", "source_type_idx", "tag_list_idx"):
+            stats = await fresh.index_stats(name)
+            assert stats is not None, name
+            assert stats.num_unindexed_rows == 0, name
+        assert await store.index_status("t") == IndexStatus("IVF_RQ", "indexed", 3_000, 0)
+        await store.insert("t", records_of(vectors[:10]))  # an upsert joins through the index
+        assert await store.count("t") == 3_000
 
 
 async def test_optimize_compacts_small_fragments_and_removes_old_versions(tmp_path: Path) -> None:
