@@ -656,15 +656,16 @@ class LanceStore:
         """One maintenance pass over `table`; returns what it did (empty: nothing was due).
 
         Builds missing scalar indexes; builds the IVF_RQ index once the table reaches
-        `ann_min_rows`, and a new one when the table has outgrown it (4 times the rows), after
-        compacting small fragments; otherwise runs `optimize()` when new rows or small fragments
-        have piled up. Before either, it rebuilds the scalar indexes if rows have piled up
-        outside them, which is quick and keeps upserts and deletes fast. All but the first
-        wait while the table is loading (it grew by more than `IndexPolicy.loading_growth` or
-        `loading_rows` since the previous pass), for at most `max_waits` passes: an index built
-        halfway through a bulk load would be rebuilt or refolded soon after. Builds run beside
-        reads and writes. Passes on one table never overlap: a pass asked for while one runs
-        returns at once. A failure is kept for `index_status` and raised as StoreError.
+        `ann_min_rows`, and a new one when the table has outgrown it (4 times the rows); otherwise
+        runs `optimize()` when new rows or small fragments have piled up. Before either, it
+        rebuilds the scalar indexes if rows have piled up outside them, which is quick and keeps
+        upserts and deletes fast. All but the first wait while the table is loading (it grew by
+        more than `IndexPolicy.loading_growth` or `loading_rows` since the previous pass, or at
+        the first pass over it holds more than `loading_rows`), for at most `max_waits` passes:
+        an index built halfway through a bulk load would be rebuilt or refolded soon after.
+        Builds run beside reads and writes. Passes on one table never overlap: a pass asked for
+        while one runs returns at once. A failure is kept for `index_status` and raised as
+        StoreError.
         """
         t = self._table(table)
         if t.maintaining.locked():
@@ -696,18 +697,21 @@ class LanceStore:
         if not build and not await self._optimize_due(t):
             t.waits = 0
             return done
-        grown = rows - before if before is not None else 0
-        loading = grown > min(self.policy.loading_rows, (before or 0) * self.policy.loading_growth)
+        if before is None:
+            # The first pass over this table: whether it is growing is unknown, and a big one
+            # may be in the middle of a load (a migration's copy had 77,000 rows by the first
+            # pass and built an index that was rebuilt at 1M). The next pass will tell.
+            loading = rows > self.policy.loading_rows
+        else:
+            grown = rows - before
+            loading = grown > min(self.policy.loading_rows, before * self.policy.loading_growth)
         if loading and t.waits < self.policy.max_waits:
             t.waits += 1
-            done.append(f"waiting: the table is loading ({before} rows at the previous pass)")
+            seen = "first seen" if before is None else f"{before} rows at the previous pass"
+            done.append(f"waiting: the table is loading ({seen})")
             return done
         t.waits = 0
         done += await self._refresh_scalar_indexes(t)
-        if build and await self._small_fragments(t) > self.policy.max_small_fragments:
-            # Compacting first is cheaper than after: the build then reads a few large
-            # fragments, and no vector index has to be remapped onto the rewritten ones.
-            done.append(await self._optimized(t))
         if build:
             started = time.monotonic()
             t.activity = "building"
@@ -726,34 +730,19 @@ class LanceStore:
                 f"in {time.monotonic() - started:.1f} s"
             )
         else:
-            done.append(await self._optimized(t))
+            started = time.monotonic()
+            t.activity = "optimizing"
+            try:
+                stats = await self._optimize(t)
+            finally:
+                t.activity = None
+            done.append(
+                f"optimized in {time.monotonic() - started:.1f} s: "
+                f"{stats.compaction.fragments_removed} fragments compacted into "
+                f"{stats.compaction.fragments_added}, "
+                f"{stats.prune.old_versions_removed} old versions removed"
+            )
         return done
-
-    async def _optimized(self, t: _Table) -> str:
-        """Run `optimize()`; what it did."""
-        started = time.monotonic()
-        t.activity = "optimizing"
-        try:
-            stats = await self._optimize(t)
-        finally:
-            t.activity = None
-        return (
-            f"optimized in {time.monotonic() - started:.1f} s: "
-            f"{stats.compaction.fragments_removed} fragments compacted into "
-            f"{stats.compaction.fragments_added}, "
-            f"{stats.prune.old_versions_removed} old versions removed"
-        )
-
-    async def _small_fragments(self, t: _Table) -> int:
-        # Annotated as a dataclass, returned as a dict by lancedb 0.40: read it either way.
-        stats: Any = await t.handle.stats()
-        fragments = stats["fragment_stats"] if isinstance(stats, dict) else stats.fragment_stats
-        small = (
-            fragments["num_small_fragments"]
-            if isinstance(fragments, dict)
-            else (fragments.num_small_fragments)
-        )
-        return int(small)
 
     async def _outgrown(self, t: _Table, index: str) -> bool:
         """Whether `index` leaves out more than `optimize_growth` of the rows it covers."""
@@ -765,7 +754,15 @@ class LanceStore:
         )
 
     async def _optimize_due(self, t: _Table) -> bool:
-        if await self._small_fragments(t) > self.policy.max_small_fragments:
+        # Annotated as a dataclass, returned as a dict by lancedb 0.40: read it either way.
+        stats: Any = await t.handle.stats()
+        fragments = stats["fragment_stats"] if isinstance(stats, dict) else stats.fragment_stats
+        small = (
+            fragments["num_small_fragments"]
+            if isinstance(fragments, dict)
+            else (fragments.num_small_fragments)
+        )
+        if small > self.policy.max_small_fragments:
             return True
         name = f"{_VECTOR_INDEX}{t.partitions}" if t.partitions is not None else "id_idx"
         return await self._outgrown(t, name)

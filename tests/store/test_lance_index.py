@@ -94,7 +94,9 @@ async def test_rows_not_yet_indexed_are_found_and_then_folded_in(tmp_path: Path)
 async def test_reads_and_writes_go_on_while_the_index_builds(tmp_path: Path) -> None:
     vectors = clustered(40_000, 96)
     written: list[str] = []
-    async with LanceStore(tmp_path, IndexPolicy(ann_min_rows=30_000)) as store:
+    # loading_rows above 40,000: the first pass builds rather than waiting to see a load.
+    policy = IndexPolicy(ann_min_rows=30_000, loading_rows=50_000)
+    async with LanceStore(tmp_path, policy) as store:
         await store.create_table("t", dim=96)
         for start in range(0, len(vectors), 10_000):
             await store.insert("t", records_of(vectors[start : start + 10_000], start=start))
@@ -166,6 +168,8 @@ async def test_a_big_table_growing_by_many_rows_is_loading_too(tmp_path: Path) -
     async with LanceStore(tmp_path, policy) as store:
         await store.create_table("t", dim=16)
         await store.insert("t", records_of(vectors[:3_000]))
+        # First seen with more than loading_rows: perhaps loading, so the build waits a pass
+        assert (await store.maintain("t"))[-1] == "waiting: the table is loading (first seen)"
         assert (await store.maintain("t"))[-1].startswith("built IVF_RQ")
         await store.insert("t", records_of(vectors[3_000:3_200], start=3_000))
         # 200 rows: under 20% and under loading_rows, so the optimize is not put off
@@ -184,16 +188,33 @@ async def test_a_big_table_growing_by_many_rows_is_loading_too(tmp_path: Path) -
         ]
 
 
+async def test_the_first_pass_over_a_big_table_waits_to_see_whether_it_is_loading(
+    tmp_path: Path,
+) -> None:
+    vectors = clustered(3_000, 16)
+    policy = IndexPolicy(ann_min_rows=1_000, loading_rows=2_000)
+    async with LanceStore(tmp_path, policy) as store:
+        await store.create_table("t", dim=16)
+        await store.insert("t", records_of(vectors))
+        # Never seen before and bigger than loading_rows: perhaps halfway through a load
+        assert (await store.maintain("t"))[-1] == "waiting: the table is loading (first seen)"
+        assert (await store.maintain("t"))[-1].startswith("built IVF_RQ")
+    async with LanceStore(tmp_path / "small", IndexPolicy(ann_min_rows=1_000)) as store:
+        await store.create_table("t", dim=16)
+        await store.insert("t", records_of(vectors))
+        # Under loading_rows (20,000 by default): a small table is indexed at once
+        assert (await store.maintain("t"))[-1].startswith("built IVF_RQ")
+
+
 async def test_rows_piled_up_outside_the_scalar_indexes_are_folded_in_before_the_build(
     tmp_path: Path,
 ) -> None:
     vectors = clustered(3_000, 16)
-    policy = IndexPolicy(ann_min_rows=2_000, max_small_fragments=4)
-    async with LanceStore(tmp_path, policy) as store:
+    async with LanceStore(tmp_path, IndexPolicy(ann_min_rows=2_000)) as store:
         await store.create_table("t", dim=16)
         await store.insert("t", records_of(vectors[:500]))
         assert len(await store.maintain("t")) == 5  # the scalar indexes, over 500 rows
-        for start in range(500, 3_000, 100):  # a bulk load: 25 more fragments
+        for start in range(500, 3_000, 100):  # a bulk load
             await store.insert("t", records_of(vectors[start : start + 100], start=start))
         raw = await (await lancedb.connect_async(tmp_path)).open_table("t")
         stale = await raw.index_stats("id_idx")
@@ -201,16 +222,13 @@ async def test_rows_piled_up_outside_the_scalar_indexes_are_folded_in_before_the
         assert stale.num_unindexed_rows == 2_500
         await store.maintain("t")  # the first pass after the load finds it still loading
         done = await store.maintain("t")
-        # The scalar indexes first (upserts and deletes join on id), then the compaction, so
-        # the build reads a few large fragments rather than 26 small ones.
+        # The scalar indexes first: upserts and deletes join on id while the build runs.
         assert [line.split(" in ")[0].split(":")[0] for line in done] == [
             "rebuilt the scalar indexes",
-            "optimized",
             "built IVF_RQ with 14 partitions over 3000 rows",
         ]
-        assert "26 fragments compacted into 1" in done[1]
         fresh = await (await lancedb.connect_async(tmp_path)).open_table("t")
-        for name in ("id_idx", "source_type_idx", "tag_list_idx"):
+        for name in ("id_idx", "source_id_idx", "created_at_idx", "source_type_idx"):
             stats = await fresh.index_stats(name)
             assert stats is not None, name
             assert stats.num_unindexed_rows == 0, name
