@@ -284,6 +284,47 @@ async def test_the_migration_gives_way_to_a_search_in_flight(tmp_path: Path) -> 
 
 
 @pytest.mark.anyio
+async def test_under_searches_that_never_end_the_migration_keeps_half_its_time(
+    tmp_path: Path,
+) -> None:
+    limit = 0.2
+    async with (
+        SQLiteStore(tmp_path / "vectors.db") as sqlite,
+        running_sidecar("sqlite", tmp_path / "side.db") as sidecar,
+        HTTPStore(sidecar.url, secret=sidecar.secret, timeout=60) as target,
+    ):
+        await target.create_table(TABLE, dim=DIM)
+        router = RoutedStore(sqlite, target, on_target=True)
+        gave_way: list[int] = []
+
+        async def give_way(n: int) -> None:
+            await router.give_way(limit=limit)
+            gave_way.append(n)
+
+        os.kill(sidecar.pid, signal.SIGSTOP)  # the search below stays in flight
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(router.search, TABLE, np.ones(DIM), 3)
+                await anyio.wait_all_tasks_blocked()
+                tg.start_soon(give_way, 1)
+                await anyio.wait_all_tasks_blocked()
+                assert gave_way == []  # waiting for the search
+                while not gave_way:  # ...until the limit runs out
+                    await anyio.sleep(0.01)
+                tg.start_soon(give_way, 2)
+                await anyio.wait_all_tasks_blocked()
+                assert gave_way == [1, 2]  # the migration's turn: no wait
+                await anyio.sleep(limit)
+                tg.start_soon(give_way, 3)
+                await anyio.wait_all_tasks_blocked()
+                assert gave_way == [1, 2]  # its turn is over: it waits again
+                os.kill(sidecar.pid, signal.SIGCONT)
+        finally:
+            os.kill(sidecar.pid, signal.SIGCONT)
+    assert gave_way == [1, 2, 3]
+
+
+@pytest.mark.anyio
 async def test_verify_waits_for_rows_outside_the_index_to_be_folded_in(tmp_path: Path) -> None:
     await seeded(tmp_path, n=2000)
     settings = dataclasses.replace(SETTINGS, ann_min_rows=1000)
