@@ -217,6 +217,7 @@ class IndexPolicy:
     # is being loaded (a migration's copy, an import): building or optimizing now would be
     # redone soon after. (A 1M-row copy at ~10,000 rows/s grows by 100,000 rows a pass, under
     # 20% from 500,000 rows on; the daemon's own ingest stays far below 20,000 rows a pass.)
+    # At the first pass, with no previous one, a table of more than loading_rows may be loading.
     loading_growth: float = 0.2
     loading_rows: int = 20_000
     max_waits: int = 30  # passes a loading table waits at most, so a steady flood is indexed too
