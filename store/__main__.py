@@ -122,8 +122,8 @@ async def _serve(args: argparse.Namespace, secret: str, sock: socket.socket, sto
         app = create_app(store, secret=secret, allowed_hosts=allowed)
         config = uvicorn.Config(
             app,
-            # httptools' parser, not h11's pure-Python one: 0.3-1.5 ms less per request
-            # (measured), which is most of what a search's hop costs beside the search itself.
+            # httptools' parser, not h11's pure-Python one: 0.3-1.5 ms less per request on
+            # the 2-core machine (README, "where the hop goes"). The daemon's own server keeps h11.
             http="httptools",
             lifespan="off",
             log_config=None,

@@ -664,10 +664,9 @@ class LanceStore:
         table is loading (it grew by more than `IndexPolicy.loading_growth` or `loading_rows`
         since the previous pass, or, at the first pass since this store opened it, holds more
         than `loading_rows`), for at most `max_waits` passes: an index built halfway through a
-        bulk load would be rebuilt or refolded soon after.
-        Builds run beside reads and writes. Passes on one table never overlap: a pass asked for
-        while one runs returns at once. A failure is kept for `index_status` and raised as
-        StoreError.
+        bulk load would be rebuilt or refolded soon after. Builds run beside reads and writes.
+        Passes on one table never overlap: a pass asked for while one runs returns at once. A
+        failure is kept for `index_status` and raised as StoreError.
         """
         t = self._table(table)
         if t.maintaining.locked():
@@ -779,7 +778,7 @@ class LanceStore:
 
         An upsert's join on `id` and a delete's predicate read every row outside the id index:
         at 300,000 rows with 250,000 of them outside it, an upsert of 100 rows took 1.3 s and a
-        delete 43 ms; after a rebuild (0.1 s; all five 0.6-0.9 s; 6-8 s at 1M under load) 22 ms
+        delete 43 ms; after a rebuild (0.1 s; all five 0.6-0.9 s; 6-9 s at 1M under load) 22 ms
         and 3 ms. `optimize()` folds them in too, but only with its compaction, which at 1M
         takes minutes. Best effort: a failure is logged, and the build or optimize goes on.
         """
