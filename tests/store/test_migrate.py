@@ -8,8 +8,8 @@ import functools
 import os
 import random
 import signal
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import anyio
@@ -247,18 +247,35 @@ async def test_rollback_gives_sqlite_every_change_made_on_both_sides_of_cutover(
         assert await router.sqlite.changes_after(0, 10) == []  # the log is off and empty
 
 
-@pytest.mark.anyio
-async def test_the_migration_gives_way_to_a_search_in_flight(tmp_path: Path) -> None:
-    # The search goes to a real sidecar frozen with SIGSTOP: it stays in flight until SIGCONT.
-    order: list[str] = []
+@asynccontextmanager
+async def served_by_a_sidecar(tmp_path: Path) -> AsyncIterator[tuple[RoutedStore, int]]:
+    """A router serving from a real sidecar (with an empty TABLE), and the sidecar's pid."""
     async with (
         SQLiteStore(tmp_path / "vectors.db") as sqlite,
         running_sidecar("sqlite", tmp_path / "side.db") as sidecar,
         HTTPStore(sidecar.url, secret=sidecar.secret, timeout=60) as target,
     ):
         await target.create_table(TABLE, dim=DIM)
-        await target.insert(TABLE, random_records(10, DIM))
-        router = RoutedStore(sqlite, target, on_target=True)
+        yield RoutedStore(sqlite, target, on_target=True), sidecar.pid
+
+
+@contextmanager
+def frozen(pid: int) -> Iterator[None]:
+    """The process stopped with SIGSTOP (a search sent to it stays in flight) until the body
+    sends SIGCONT, or ends."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+@pytest.mark.anyio
+async def test_the_migration_gives_way_to_a_search_in_flight(tmp_path: Path) -> None:
+    order: list[str] = []
+    async with served_by_a_sidecar(tmp_path) as (router, pid):
+        assert router.target is not None
+        await router.target.insert(TABLE, random_records(10, DIM))
         await router.give_way(limit=60)  # nothing in flight: at once
 
         async def search() -> None:
@@ -269,17 +286,14 @@ async def test_the_migration_gives_way_to_a_search_in_flight(tmp_path: Path) -> 
             await router.give_way(limit=60)
             order.append("gave way")
 
-        os.kill(sidecar.pid, signal.SIGSTOP)
-        try:
+        with frozen(pid):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(search)
                 await anyio.wait_all_tasks_blocked()
                 tg.start_soon(give_way)
                 await anyio.wait_all_tasks_blocked()
                 assert order == []  # the search is in flight, so the migration waits
-                os.kill(sidecar.pid, signal.SIGCONT)
-        finally:
-            os.kill(sidecar.pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGCONT)
     assert order == ["search answered", "gave way"]
 
 
@@ -288,22 +302,15 @@ async def test_under_searches_that_never_end_the_migration_keeps_half_its_time(
     tmp_path: Path,
 ) -> None:
     limit = 0.2
-    async with (
-        SQLiteStore(tmp_path / "vectors.db") as sqlite,
-        running_sidecar("sqlite", tmp_path / "side.db") as sidecar,
-        HTTPStore(sidecar.url, secret=sidecar.secret, timeout=60) as target,
-    ):
-        await target.create_table(TABLE, dim=DIM)
-        router = RoutedStore(sqlite, target, on_target=True)
-        gave_way: list[int] = []
+    gave_way: list[int] = []
+    async with served_by_a_sidecar(tmp_path) as (router, pid):
 
         async def give_way(*numbers: int) -> None:
             for n in numbers:
                 await router.give_way(limit=limit)
                 gave_way.append(n)
 
-        os.kill(sidecar.pid, signal.SIGSTOP)  # the search below stays in flight
-        try:
+        with frozen(pid):  # the search below stays in flight
             async with anyio.create_task_group() as tg:
                 tg.start_soon(router.search, TABLE, np.ones(DIM), 3)
                 await anyio.wait_all_tasks_blocked()
@@ -318,9 +325,7 @@ async def test_under_searches_that_never_end_the_migration_keeps_half_its_time(
                 tg.start_soon(give_way, 3)
                 await anyio.wait_all_tasks_blocked()
                 assert gave_way == [1, 2]  # its turn is over: it waits again
-                os.kill(sidecar.pid, signal.SIGCONT)
-        finally:
-            os.kill(sidecar.pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGCONT)
     assert gave_way == [1, 2, 3]
 
 
