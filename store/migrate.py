@@ -76,6 +76,9 @@ PHASES: Final = ("mark", "copy", "replay", "index", "verify", "cutover", "done")
 _REPLAY_BATCH: Final = 1000
 _T = TypeVar("_T")
 _COPIES_IN_FLIGHT: Final = 3  # copy batches sent to the target at once (see Migrator._copy)
+# Asked of both sides per sample query: the top 10 that verify compares, and room for records
+# written meanwhile, which are left out (see Migrator._sample_queries).
+_SAMPLE_K: Final = 20
 _GIVE_WAY_S: Final = 0.1  # the longest the migration waits for searches in flight to end
 
 
@@ -518,12 +521,7 @@ class Migrator:
             await self._ensure_table(name, dim)  # made after the mark and still empty: no log
         samples = self._samples = []
         compared = {name: await self._compare(name, samples) for name in self.source.tables()}
-        # Changed since the replay, while or before the comparison read them: in flight.
-        in_flight = {
-            (c.table, c.id)
-            async for batch in self._logged(replayed, await self.source.last_change())
-            for c in batch
-        }
+        in_flight = await self._changed_since(replayed)  # while or before the comparison read
         counts: dict[str, tuple[int, int]] = {}
         for name, (differing, buckets, seen) in compared.items():
             real = sorted(i for i in differing if (name, i) not in in_flight)
@@ -536,12 +534,18 @@ class Migrator:
                     f"{len(real)} record(s), first {first!r}: {differing[first]}"
                 )
             log.info("migration: verified %d records of %r", seen, name)
-        self.state.verify = {"counts": counts, **await self._sample_queries(samples)}
+        self.state.verify = {"counts": counts, **await self._sample_queries(samples, replayed)}
         if self.state.verify["recall"] < self.settings.recall:
             raise VerifyFailed(
                 f"sample queries: the target's top-10 overlaps exact search by "
                 f"{self.state.verify['recall']:.3f}, below the required {self.settings.recall}"
             )
+
+    async def _changed_since(self, seq: int) -> set[tuple[str, str | None]]:
+        """(table, id) of every record written or deleted in the source after `seq`: the
+        target may not have them yet."""
+        end = await self.source.last_change()
+        return {(c.table, c.id) async for batch in self._logged(seq, end) for c in batch}
 
     async def _logged(self, after: int, end: int) -> AsyncIterator[list[Change]]:
         """The change log's entries with seq in (after, end], a batch at a time. Bounded by
@@ -594,23 +598,35 @@ class Migrator:
         samples.extend((name, record) for record in await self.source.get_by_ids(name, picked))
         return differing, buckets, seen
 
-    async def _sample_queries(self, samples: list[tuple[str, Record]]) -> dict[str, Any]:
-        overlaps: list[float] = []
+    async def _sample_queries(
+        self, samples: list[tuple[str, Record]], replayed: int
+    ) -> dict[str, Any]:
+        """Recall of the target's top-10 against the source's exact top-10, and both sides'
+        search times. Records written since the replay (`replayed`) are left out of both
+        answers: writes go on meanwhile, and the target gets them only at the next replay."""
+        answers: list[tuple[str, list[ScoredRecord], list[ScoredRecord]]] = []
         times: dict[str, list[float]] = {"source": [], "target": []}
         for name, record in dict(reversed(samples)).items():  # warm up: load SQLite's matrix
-            await self.source.search(name, record.embedding, 10)
-            await self.target.search(name, record.embedding, 10)
+            await self.source.search(name, record.embedding, _SAMPLE_K)
+            await self.target.search(name, record.embedding, _SAMPLE_K)
         for name, record in samples:
             await self.router.give_way()
             started = time.perf_counter()
-            exact = await self.source.search(name, record.embedding, 10)
+            exact = await self.source.search(name, record.embedding, _SAMPLE_K)
             times["source"].append((time.perf_counter() - started) * 1000)
             started = time.perf_counter()
-            found = await self.target.search(name, record.embedding, 10)
+            found = await self.target.search(name, record.embedding, _SAMPLE_K)
             times["target"].append((time.perf_counter() - started) * 1000)
-            want = {r.id for r in exact}
+            answers.append((name, exact, found))
+        in_flight = await self._changed_since(replayed)
+        overlaps: list[float] = []
+        for name, exact, found in answers:
+            want, got = (
+                [r.id for r in hits if (name, r.id) not in in_flight][:10]
+                for hits in (exact, found)
+            )
             if want:
-                overlaps.append(len(want & {r.id for r in found}) / len(want))
+                overlaps.append(len(set(want) & set(got)) / len(want))
         figures: dict[str, Any] = {"recall": statistics.fmean(overlaps) if overlaps else 1.0}
         for side, samples_ms in times.items():
             figures[f"{side}_p50_ms"] = _percentile(samples_ms, 50)
@@ -659,7 +675,8 @@ class Migrator:
                     for name in self.source.tables()
                     for record in await self.source.records_after(name, None, self.settings.sample)
                 ]
-            self.state.verify.update(await self._sample_queries(self._samples))
+            replayed = await self._catch_up()
+            self.state.verify.update(await self._sample_queries(self._samples, replayed))
         self.state.waiting = None
         async with self.router.paused():
             started = time.perf_counter()
