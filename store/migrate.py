@@ -10,13 +10,14 @@ moment resumes where it stopped. Phases:
 ``copy``     copy each table in keyset order (by id), `batch` records at a time; the checkpoint
              is the last id copied. A batch re-sent after a crash is an upsert: nothing doubles;
 ``replay``   bring the target up to date from the change log (see `replay`);
-``index``    wait until the target has built its ANN indexes (replaying meanwhile);
+``index``    wait until the target has built its ANN indexes (replaying meanwhile, and
+             running verify's content comparison once while the build goes on);
 ``verify``   compare both sides' content digests (each store computes its own) id by id in
              id order, per bucket of `bucket` ids (records changed meanwhile are in flight,
-             not mismatches), then run `sample` queries on both and require the target's
-             top-10 to overlap the exact top-10 by `recall`; a mismatch stops the migration
-             here and names the bucket. It comes after the index so that the sample queries
-             measure the index that will serve;
+             not mismatches), unless the index phase already did; then run `sample` queries
+             on both and require the target's top-10 to overlap the exact top-10 by `recall`.
+             A mismatch stops the migration here and names the bucket. It comes after the
+             index so that the sample queries measure the index that will serve;
 ``cutover``  wait while the target searches slower than SQLite (unless SQLite is slower than
              `slow_p95_ms` itself), then pause writes (they wait, none is refused), replay
              the tail, record the target as active, resume: see `RoutedStore.paused`;
@@ -516,16 +517,29 @@ class Migrator:
         await self._catch_up()
 
     async def _verify(self) -> None:
+        if "counts" not in self.state.verify:  # not already compared during the index build
+            await self._compare_contents()
+        replayed = await self._catch_up()
+        self.state.verify.update(await self._sample_queries(await self._sample_set(), replayed))
+        if self.state.verify["recall"] < self.settings.recall:
+            raise VerifyFailed(
+                f"sample queries: the target's top-10 overlaps exact search by "
+                f"{self.state.verify['recall']:.3f}, below the required {self.settings.recall}"
+            )
+
+    async def _compare_contents(self) -> None:
+        """Verify's first half: both sides' digests, id by id. Records `counts` in the state
+        and picks the sample queries; raises VerifyFailed naming the first differing bucket."""
         replayed = await self._catch_up()
         for name, dim in self.source.tables().items():
             await self._ensure_table(name, dim)  # made after the mark and still empty: no log
-        samples = self._samples = []
+        samples: list[tuple[str, Record]] = []
         compared = {name: await self._compare(name, samples) for name in self.source.tables()}
         in_flight = await self._changed_since(replayed)  # while or before the comparison read
-        counts: dict[str, tuple[int, int]] = {}
+        counts: dict[str, list[int]] = {}  # source, target: as the state's JSON holds them
         for name, (differing, buckets, seen) in compared.items():
             real = sorted(i for i in differing if (name, i) not in in_flight)
-            counts[name] = (await self.source.count(name), await self.target.count(name))
+            counts[name] = [await self.source.count(name), await self.target.count(name)]
             if real:
                 first = real[0]
                 number, lo, hi = _bucket_of(buckets, first)
@@ -534,12 +548,20 @@ class Migrator:
                     f"{len(real)} record(s), first {first!r}: {differing[first]}"
                 )
             log.info("migration: verified %d records of %r", seen, name)
-        self.state.verify = {"counts": counts, **await self._sample_queries(samples, replayed)}
-        if self.state.verify["recall"] < self.settings.recall:
-            raise VerifyFailed(
-                f"sample queries: the target's top-10 overlaps exact search by "
-                f"{self.state.verify['recall']:.3f}, below the required {self.settings.recall}"
-            )
+        self._samples = samples
+        self.state.verify = {"counts": counts}
+        await self._save()
+
+    async def _sample_set(self) -> list[tuple[str, Record]]:
+        """The records whose embeddings are the sample queries: the random ones the content
+        comparison picked, or after a restart (they are not saved) the first ones by id."""
+        if not self._samples:
+            self._samples = [
+                (name, record)
+                for name in self.source.tables()
+                for record in await self.source.records_after(name, None, self.settings.sample)
+            ]
+        return self._samples
 
     async def _changed_since(self, seq: int) -> set[tuple[str, str | None]]:
         """(table, id) of every record written or deleted in the source after `seq`: the
@@ -634,6 +656,7 @@ class Migrator:
         return figures
 
     async def _index(self) -> None:
+        compared = "counts" in self.state.verify
         while True:
             waiting = []
             for name in self.target.tables():
@@ -651,6 +674,16 @@ class Migrator:
                 return
             await self._save()
             await self._catch_up()
+            if not compared:
+                # Verify's content comparison needs only the copy and the replay: run it while
+                # the target builds, off the critical path (at 1M rows it takes over a minute).
+                # A mismatch is left for verify, which compares again and stops there.
+                compared = True
+                try:
+                    await self._compare_contents()
+                except VerifyFailed as exc:
+                    log.warning("migration: %s (verify compares again after the build)", exc)
+                continue  # the build may have ended meanwhile
             await anyio.sleep(self.settings.poll_s)
 
     async def _cutover(self) -> None:
@@ -669,14 +702,8 @@ class Migrator:
                 while True:  # keep the target current meanwhile: the final replay stays short
                     await anyio.sleep(self.settings.poll_s)
                     await self._catch_up()
-            if not self._samples:  # resumed here after a restart
-                self._samples = [
-                    (name, record)
-                    for name in self.source.tables()
-                    for record in await self.source.records_after(name, None, self.settings.sample)
-                ]
             replayed = await self._catch_up()
-            self.state.verify.update(await self._sample_queries(self._samples, replayed))
+            self.state.verify.update(await self._sample_queries(await self._sample_set(), replayed))
         self.state.waiting = None
         async with self.router.paused():
             started = time.perf_counter()

@@ -350,11 +350,61 @@ async def test_verify_waits_for_rows_outside_the_index_to_be_folded_in(tmp_path:
                     await anyio.sleep(0.01)
             assert migrator.state.waiting == (f"index build: {TABLE} (1000 rows not yet indexed)")
             assert migrator.state.phase == "index"
+            # Verify's content comparison runs while the build is awaited, not after it.
+            with anyio.fail_after(60):
+                while "counts" not in migrator.state.verify:
+                    await anyio.sleep(0.01)
+            assert migrator.state.phase == "index"
+            assert migrator.state.verify == {"counts": {TABLE: [3000, 3000]}}
             # The sidecar's passes: the first finds the table loading, the second folds them in.
             assert (await lance.maintain(TABLE))[0].startswith("waiting: the table is loading")
             assert (await lance.maintain(TABLE))[-1].startswith("optimized")
         assert migrator.state.phase == "verify"
         assert migrator.state.waiting is None
+        await migrator.run(stop_before="cutover")  # compared already: sample queries only
+        assert migrator.state.verify["counts"] == {TABLE: [3000, 3000]}
+        assert migrator.state.verify["recall"] >= settings.recall
+
+
+@pytest.mark.anyio
+async def test_a_mismatch_seen_during_the_index_build_stops_the_migration_in_verify(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    await seeded(tmp_path, n=2000)
+    settings = dataclasses.replace(SETTINGS, ann_min_rows=1000)
+    async with (
+        SQLiteStore(tmp_path / "vectors.db") as sqlite,
+        LanceStore(tmp_path / "lance", IndexPolicy(ann_min_rows=1000)) as lance,
+    ):
+        router = RoutedStore(sqlite, lance, on_target=False)
+        assert (await Migrator(router, settings).run(stop_before="index")).phase == "index"
+        victim = (await lance.get_by_ids(TABLE, ["r001234"]))[0]
+        # Behind the router's back: the change log does not see it, only verification can.
+        await lance.insert(TABLE, [dataclasses.replace(victim, source_id="tampered")])
+        migrator = Migrator(router, settings)
+        failures: list[VerifyFailed] = []
+
+        async def migrate() -> None:
+            try:
+                await migrator.run()
+            except VerifyFailed as exc:
+                failures.append(exc)
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(migrate)
+                # Seen while the index is awaited: logged, and the migration goes on to verify.
+                while "compares again after the build" not in caplog.text:
+                    await anyio.sleep(0.01)
+                assert migrator.state.phase == "index"
+                assert any(line.startswith("built IVF_RQ") for line in await lance.maintain(TABLE))
+        assert [str(f) for f in failures] == [
+            f"table {TABLE!r}: bucket 24 (ids 'r001200'..'r001250') differs: 1 record(s), "
+            "first 'r001234': content differs"
+        ]
+        assert not router.on_target
+        assert migrator.state.phase == "verify"
+        assert "r001234" in (migrator.state.error or "")
 
 
 @pytest.mark.anyio
