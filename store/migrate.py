@@ -705,6 +705,9 @@ class Migrator:
             replayed = await self._catch_up()
             self.state.verify.update(await self._sample_queries(await self._sample_set(), replayed))
         self.state.waiting = None
+        # Replay what was written during the sample queries (at 1M rows, ~20 s of writes)
+        # before pausing: the pause then covers only the writes made during this pass.
+        await self._catch_up()
         async with self.router.paused():
             started = time.perf_counter()
             await self._catch_up()
