@@ -14,13 +14,16 @@ moment resumes where it stopped. Phases:
              running verify's content comparison once while the build goes on);
 ``verify``   compare both sides' content digests (each store computes its own) id by id in
              id order, per bucket of `bucket` ids (records changed meanwhile are in flight,
-             not mismatches), unless the index phase already did; then run `sample` queries
-             on both and require the target's top-10 to overlap the exact top-10 by `recall`.
+             not mismatches), unless the index phase already did and both sides' counts
+             still agree; then run `sample` queries on both and require the target's top-10 to
+             overlap the exact top-10 by `recall` (records written since the last replay are
+             left out of both answers: the target gets them at the next replay).
              A mismatch stops the migration here and names the bucket. It comes after the
              index so that the sample queries measure the index that will serve;
 ``cutover``  wait while the target searches slower than SQLite (unless SQLite is slower than
-             `slow_p95_ms` itself), then pause writes (they wait, none is refused), replay
-             the tail, record the target as active, resume: see `RoutedStore.paused`;
+             `slow_p95_ms` itself), replay what came in meanwhile, then pause writes (they
+             wait, none is refused), replay the short tail, record the target as active,
+             resume: see `RoutedStore.paused`;
 ``done``     the target serves; changes made to it are logged in SQLite for `rollback`.
 
 `replay` reads each logged id's current record from the source and upserts it, or deletes it
@@ -125,6 +128,7 @@ class MigrationState:
     waiting: str | None = None  # why cutover is waiting, when it is
     error: str | None = None  # why the migration stopped, when it did
     verify: dict[str, Any] = field(default_factory=dict)  # counts, recall, p50/p95 per side
+    samples: dict[str, list[str]] = field(default_factory=dict)  # sample query ids, per table
     pause_ms: float | None = None  # cutover's write pause
     cutover_at: float | None = None
     cutover_seq: int = 0  # changes after this seq were made to the target (for rollback)
@@ -421,6 +425,10 @@ class Migrator:
             for name, dim in self.source.tables().items()
         }
 
+    async def _ensure_tables(self) -> None:
+        for name, dim in self.source.tables().items():
+            await self._ensure_table(name, dim)
+
     async def _ensure_table(self, name: str, dim: int) -> None:
         if name not in self.target.tables():
             with contextlib.suppress(TableExists):  # created before a crash
@@ -517,7 +525,11 @@ class Migrator:
         await self._catch_up()
 
     async def _verify(self) -> None:
-        if "counts" not in self.state.verify:  # not already compared during the index build
+        await self._ensure_tables()  # made since the comparison and still empty: no log
+        if "counts" in self.state.verify and not await self._counts_hold():
+            log.warning("migration: the counts changed since the comparison; comparing again")
+            del self.state.verify["counts"]
+        if "counts" not in self.state.verify:  # not compared during the index build
             await self._compare_contents()
         replayed = await self._catch_up()
         self.state.verify.update(await self._sample_queries(await self._sample_set(), replayed))
@@ -531,8 +543,7 @@ class Migrator:
         """Verify's first half: both sides' digests, id by id. Records `counts` in the state
         and picks the sample queries; raises VerifyFailed naming the first differing bucket."""
         replayed = await self._catch_up()
-        for name, dim in self.source.tables().items():
-            await self._ensure_table(name, dim)  # made after the mark and still empty: no log
+        await self._ensure_tables()  # made after the mark and still empty: no log
         samples: list[tuple[str, Record]] = []
         compared = {name: await self._compare(name, samples) for name in self.source.tables()}
         in_flight = await self._changed_since(replayed)  # while or before the comparison read
@@ -549,18 +560,37 @@ class Migrator:
                 )
             log.info("migration: verified %d records of %r", seen, name)
         self._samples = samples
+        self.state.samples = {}
+        for name, record in samples:
+            self.state.samples.setdefault(name, []).append(record.id)
         self.state.verify = {"counts": counts}
         await self._save()
 
+    async def _counts_hold(self) -> bool:
+        """Whether both sides' counts still agree, but for records changed since the replay:
+        the comparison may be minutes old, and the target has been optimized and compacted
+        since (rows lost or doubled there would show here)."""
+        replayed = await self._catch_up()
+        in_flight = await self._changed_since(replayed)
+        for name in self.source.tables():
+            source, target = await self.source.count(name), await self.target.count(name)
+            if abs(source - target) > sum(1 for table, _ in in_flight if table == name):
+                return False
+        return True
+
     async def _sample_set(self) -> list[tuple[str, Record]]:
         """The records whose embeddings are the sample queries: the random ones the content
-        comparison picked, or after a restart (they are not saved) the first ones by id."""
+        comparison picked (read again after a restart; those deleted since are left out), or
+        the first ones by id for a state saved before the ids were."""
         if not self._samples:
-            self._samples = [
-                (name, record)
-                for name in self.source.tables()
-                for record in await self.source.records_after(name, None, self.settings.sample)
-            ]
+            for name in self.source.tables():
+                picked = self.state.samples.get(name)
+                found = await (
+                    self.source.get_by_ids(name, picked)
+                    if picked
+                    else self.source.records_after(name, None, self.settings.sample)
+                )
+                self._samples.extend((name, record) for record in found)
         return self._samples
 
     async def _changed_since(self, seq: int) -> set[tuple[str, str | None]]:
@@ -681,7 +711,7 @@ class Migrator:
                 compared = True
                 try:
                     await self._compare_contents()
-                except VerifyFailed as exc:
+                except (VerifyFailed, StoreError) as exc:  # a build's load can time a read out
                     log.warning("migration: %s (verify compares again after the build)", exc)
                 continue  # the build may have ended meanwhile
             await anyio.sleep(self.settings.poll_s)
@@ -710,6 +740,7 @@ class Migrator:
         await self._catch_up()
         async with self.router.paused():
             started = time.perf_counter()
+            await self._ensure_tables()  # made since verify and still empty: no log
             await self._catch_up()
             self.state.cutover_seq = await self.source.last_change()
             self.state.cutover_at = time.time()

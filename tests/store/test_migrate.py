@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 import random
 import signal
@@ -330,7 +331,11 @@ async def test_under_searches_that_never_end_the_migration_keeps_half_its_time(
 
 
 @pytest.mark.anyio
-async def test_verify_waits_for_rows_outside_the_index_to_be_folded_in(tmp_path: Path) -> None:
+@pytest.mark.parametrize("then", ["restart", "a row lost from the target"])
+async def test_verify_waits_for_rows_outside_the_index_to_be_folded_in(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, then: str
+) -> None:
+    caplog.set_level(logging.INFO, logger="store.migrate")
     await seeded(tmp_path, n=2000)
     settings = dataclasses.replace(SETTINGS, ann_min_rows=1000)
     async with (
@@ -361,9 +366,24 @@ async def test_verify_waits_for_rows_outside_the_index_to_be_folded_in(tmp_path:
             assert (await lance.maintain(TABLE))[-1].startswith("optimized")
         assert migrator.state.phase == "verify"
         assert migrator.state.waiting is None
-        await migrator.run(stop_before="cutover")  # compared already: sample queries only
-        assert migrator.state.verify["counts"] == {TABLE: [3000, 3000]}
-        assert migrator.state.verify["recall"] >= settings.recall
+        saved = migrator.state.samples[TABLE]  # the random sample, saved for a restart
+        assert len(set(saved)) == settings.sample
+        assert sorted(saved) != [f"late{i:06d}" for i in range(settings.sample)]  # first by id
+        assert caplog.text.count("verified 3000 records") == 1
+        resumed = Migrator(router, settings)  # as after a restart
+        if then == "restart":
+            await resumed.run(stop_before="cutover")
+            assert caplog.text.count("verified 3000 records") == 1  # not compared again
+            assert resumed.state.verify["counts"] == {TABLE: [3000, 3000]}
+            assert resumed.state.verify["recall"] >= settings.recall
+            assert {r.id for _, r in resumed._samples} == set(saved)
+        else:
+            # Behind the router's back, after the comparison: the counts tell, so verify
+            # compares again and finds it.
+            assert await lance.delete(TABLE, "r001234")
+            with pytest.raises(VerifyFailed, match=r"'r001234': missing from the target"):
+                await resumed.run(stop_before="cutover")
+            assert "the counts changed since the comparison" in caplog.text
 
 
 @pytest.mark.anyio
