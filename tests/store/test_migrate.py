@@ -330,24 +330,36 @@ async def test_under_searches_that_never_end_the_migration_keeps_half_its_time(
     assert gave_way == [1, 2, 3]
 
 
+# Tables of 2,000 rows and more get an ANN index: the index phase has a build to wait for.
+INDEXED = dataclasses.replace(SETTINGS, ann_min_rows=1000)
+
+
+@asynccontextmanager
+async def migrated_until(
+    tmp_path: Path, phase: str
+) -> AsyncIterator[tuple[RoutedStore, LanceStore]]:
+    """2,000 records migrated in-process under INDEXED settings, stopped before `phase`."""
+    await seeded(tmp_path, n=2000)
+    async with (
+        SQLiteStore(tmp_path / "vectors.db") as sqlite,
+        LanceStore(tmp_path / "lance", IndexPolicy(ann_min_rows=1000)) as lance,
+    ):
+        router = RoutedStore(sqlite, lance, on_target=False)
+        assert (await Migrator(router, INDEXED).run(stop_before=phase)).phase == phase
+        yield router, lance
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("then", ["restart", "a row lost from the target"])
 async def test_verify_waits_for_rows_outside_the_index_to_be_folded_in(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, then: str
 ) -> None:
     caplog.set_level(logging.INFO, logger="store.migrate")
-    await seeded(tmp_path, n=2000)
-    settings = dataclasses.replace(SETTINGS, ann_min_rows=1000)
-    async with (
-        SQLiteStore(tmp_path / "vectors.db") as sqlite,
-        LanceStore(tmp_path / "lance", IndexPolicy(ann_min_rows=1000)) as lance,
-    ):
-        router = RoutedStore(sqlite, lance, on_target=False)
-        assert (await Migrator(router, settings).run(stop_before="replay")).phase == "replay"
+    async with migrated_until(tmp_path, "replay") as (router, lance):
         assert any(line.startswith("built IVF_RQ") for line in await lance.maintain(TABLE))
         # Written during the migration: replayed into LanceDB, outside its index.
         await router.insert(TABLE, random_records(1000, DIM, seed=4, prefix="late"))
-        migrator = Migrator(router, settings)
+        migrator = Migrator(router, INDEXED)
         async with anyio.create_task_group() as tg:
             tg.start_soon(functools.partial(migrator.run, stop_before="verify"))
             with anyio.fail_after(60):
@@ -367,15 +379,15 @@ async def test_verify_waits_for_rows_outside_the_index_to_be_folded_in(
         assert migrator.state.phase == "verify"
         assert migrator.state.waiting is None
         saved = migrator.state.samples[TABLE]  # the random sample, saved for a restart
-        assert len(set(saved)) == settings.sample
-        assert sorted(saved) != [f"late{i:06d}" for i in range(settings.sample)]  # first by id
+        assert len(set(saved)) == INDEXED.sample
+        assert sorted(saved) != [f"late{i:06d}" for i in range(INDEXED.sample)]  # first by id
         assert caplog.text.count("verified 3000 records") == 1
-        resumed = Migrator(router, settings)  # as after a restart
+        resumed = Migrator(router, INDEXED)  # as after a restart
         if then == "restart":
             await resumed.run(stop_before="cutover")
             assert caplog.text.count("verified 3000 records") == 1  # not compared again
             assert resumed.state.verify["counts"] == {TABLE: [3000, 3000]}
-            assert resumed.state.verify["recall"] >= settings.recall
+            assert resumed.state.verify["recall"] >= INDEXED.recall
             assert {r.id for _, r in resumed._samples} == set(saved)
         else:
             # Behind the router's back, after the comparison: the counts tell, so verify
@@ -390,18 +402,11 @@ async def test_verify_waits_for_rows_outside_the_index_to_be_folded_in(
 async def test_a_mismatch_seen_during_the_index_build_stops_the_migration_in_verify(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await seeded(tmp_path, n=2000)
-    settings = dataclasses.replace(SETTINGS, ann_min_rows=1000)
-    async with (
-        SQLiteStore(tmp_path / "vectors.db") as sqlite,
-        LanceStore(tmp_path / "lance", IndexPolicy(ann_min_rows=1000)) as lance,
-    ):
-        router = RoutedStore(sqlite, lance, on_target=False)
-        assert (await Migrator(router, settings).run(stop_before="index")).phase == "index"
+    async with migrated_until(tmp_path, "index") as (router, lance):
         victim = (await lance.get_by_ids(TABLE, ["r001234"]))[0]
         # Behind the router's back: the change log does not see it, only verification can.
         await lance.insert(TABLE, [dataclasses.replace(victim, source_id="tampered")])
-        migrator = Migrator(router, settings)
+        migrator = Migrator(router, INDEXED)
         failures: list[VerifyFailed] = []
 
         async def migrate() -> None:
