@@ -71,6 +71,7 @@ from store.base import (
     check_top_k,
     tags_from_json,
 )
+from store.columns import Columns
 
 if TYPE_CHECKING:
     # Imported where used: the sidecar serves without the client, and httpx (which pulls in
@@ -97,9 +98,12 @@ _OFFLOAD_BYTES: Final = 256 * 1024  # bodies this big are (de)coded in a worker 
 _NDJSON: Final = "application/x-ndjson"
 RECORDS_BINARY: Final = "application/x-satchel-records"
 """Bulk inserts' content type: a 4-byte big-endian length, that many bytes of JSON
-(``{"dim": D, "records": [...]}``, the records without their embeddings), then the embeddings
-as one row-major little-endian float32 matrix. It spares a 1,000 x 768 batch ~80 ms of base64
-and JSON work at each end (bench/lance.py); JSON bodies stay accepted."""
+(``{"dim": D, "columns": {"id": [...], "source_id": [...], "source_type": [...],
+"text_chunk": [...], "created_at": [...], "tags": ["[...]", ...]}}``: one list per field, tags
+as JSON arrays in strings, as `store.columns.Columns` holds them), then the embeddings as one
+row-major little-endian float32 matrix. It spares a 1,000 x 768 batch ~80 ms of base64 and JSON
+work at each end (bench/lance.py), and columns spare building a `Record` per row
+(bench/migrate.py); JSON bodies stay accepted."""
 
 # One code and status per error class; a subclass missing here is reported as its nearest base.
 _CODES: Final[dict[type[StoreError], tuple[str, int]]] = {
@@ -204,29 +208,26 @@ def _record_fields(value: object, *required: str) -> dict[str, Any]:
     return {**fields, "created_at": value["created_at"], "tags": tags}
 
 
-def records_to_binary(records: Sequence[Record]) -> bytes:
-    """`records` in the `RECORDS_BINARY` framing; they must share one dimension."""
+def columns_to_binary(columns: Columns) -> bytes:
+    """A batch in the `RECORDS_BINARY` framing."""
     header = {
-        "dim": records[0].dim,
-        "records": [
-            {
-                "id": r.id,
-                "source_id": r.source_id,
-                "source_type": r.source_type,
-                "text_chunk": r.text_chunk,
-                "created_at": r.created_at,
-                "tags": list(r.tags),
-            }
-            for r in records
-        ],
+        "dim": columns.dim,
+        "columns": {
+            "id": columns.ids,
+            "source_id": columns.source_ids,
+            "source_type": columns.source_types,
+            "text_chunk": columns.text_chunks,
+            "created_at": columns.created_at,
+            "tags": columns.tags,
+        },
     }
     head = _dumps(header)
-    matrix = np.stack([r.embedding for r in records]).astype("<f4", copy=False)
+    matrix = columns.embeddings.astype("<f4", copy=False)
     return b"".join([len(head).to_bytes(4, "big"), head, matrix.tobytes()])
 
 
-def records_from_binary(body: bytes) -> list[Record]:
-    """Records from the `RECORDS_BINARY` framing; InvalidRecord names what is wrong."""
+def columns_from_binary(body: bytes) -> Columns:
+    """A batch from the `RECORDS_BINARY` framing, checked; InvalidRecord names what is wrong."""
     if len(body) < 4:
         raise InvalidRecord("binary records: body shorter than its 4-byte header length")
     size = int.from_bytes(body[:4], "big")
@@ -234,19 +235,25 @@ def records_from_binary(body: bytes) -> list[Record]:
         header = json.loads(body[4 : 4 + size])
     except (ValueError, RecursionError) as exc:
         raise InvalidRecord(f"binary records: header is not JSON ({exc})") from None
-    if not isinstance(header, dict) or not isinstance(header.get("records"), list):
-        raise InvalidRecord("binary records: header must be an object with a 'records' list")
-    items, dim = header["records"], header.get("dim")
+    if not isinstance(header, dict) or not isinstance(header.get("columns"), dict):
+        raise InvalidRecord("binary records: header must be an object with a 'columns' object")
+    fields, dim = header["columns"], header.get("dim")
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
         raise InvalidRecord(f"binary records: dim: expected a positive integer, got {dim!r}")
+    ids = fields.get("id")
+    if not isinstance(ids, list):
+        raise InvalidRecord(f"binary records: column 'id': expected a list, got {ids!r:.80}")
     vectors = body[4 + size :]
-    if len(vectors) != len(items) * dim * 4:
+    if len(vectors) != len(ids) * dim * 4:
         raise InvalidRecord(
-            f"binary records: {len(items)} records of dim {dim} need {len(items) * dim * 4} "
+            f"binary records: {len(ids)} records of dim {dim} need {len(ids) * dim * 4} "
             f"bytes of float32, got {len(vectors)}"
         )
-    matrix = np.frombuffer(vectors, dtype="<f4").reshape(len(items), dim)
-    return Record.batch([_record_fields(item) for item in items], matrix)
+    matrix = np.frombuffer(vectors, dtype="<f4").reshape(len(ids), dim)
+    try:
+        return Columns.checked(fields, matrix.astype(np.float32, copy=False))
+    except InvalidRecord as exc:
+        raise InvalidRecord(f"binary records: {exc}") from None
 
 
 def scored_from_json(value: dict[str, Any]) -> ScoredRecord:
@@ -429,7 +436,7 @@ def create_app(store: ServedStore, *, secret: str, allowed_hosts: set[str]) -> A
         size = int(request.headers.get("content-length", "0") or 0)
         if request.headers.get("content-type", "").startswith(RECORDS_BINARY):
             raw = await _raw_body(request)
-            records = await _offload(size, lambda: records_from_binary(raw))
+            records: Sequence[Record] = await _offload(size, lambda: columns_from_binary(raw))
         else:
             body = await _body(request)
             items = body if isinstance(body, list) else _field(body, "records", list)
@@ -736,19 +743,23 @@ class HTTPStore:
     async def insert(self, table: str, records: Sequence[Record]) -> None:
         """See `VectorStore.insert`."""
         path = self._path(table, "/records")
-        for record in records:
-            if not isinstance(record, Record):
-                raise TypeError(f"insert() takes Records, got {type(record).__name__}")
+        if not isinstance(records, Columns):
+            for record in records:
+                if not isinstance(record, Record):
+                    raise TypeError(f"insert() takes Records, got {type(record).__name__}")
         if not records:
             await self.count(table)  # still raises UnknownTable, like the other stores
             return
-
-        dims = {r.dim for r in records}
-        if len(dims) > 1:  # the framing holds one matrix; let the sidecar name the mismatch
-            payload = [record_to_json(r, as_base64=True) for r in records]
-            await self._call("insert", "POST", path, body={"records": payload}, size=_size(records))
-            return
-        content = await _offload(_size(records), lambda: records_to_binary(records))
+        if not isinstance(records, Columns):
+            dims = {r.dim for r in records}
+            if len(dims) > 1:  # the framing holds one matrix; let the sidecar name the mismatch
+                payload = [record_to_json(r, as_base64=True) for r in records]
+                size = _size(records)
+                await self._call("insert", "POST", path, body={"records": payload}, size=size)
+                return
+            records = Columns.from_records(records, dims.pop())
+        batch = records
+        content = await _offload(_size(batch), lambda: columns_to_binary(batch))
         await self._call("insert", "POST", path, content=(content, RECORDS_BINARY))
 
     async def search(

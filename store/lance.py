@@ -51,7 +51,6 @@ from lancedb.query import ColumnOrdering
 
 from store import filter as filters
 from store.base import (
-    DimensionMismatch,
     IndexStatus,
     InvalidQuery,
     InvalidTableName,
@@ -69,8 +68,8 @@ from store.base import (
     check_top_k,
     content_digest,
     tags_from_json,
-    tags_to_json,
 )
+from store.columns import Columns, insert_batch
 from store.idset import IdSet
 
 __all__ = ["IndexPolicy", "LanceStore", "table_schema"]
@@ -138,18 +137,17 @@ def _clamp(score: float) -> float:
     return min(1.0, max(-1.0, score)) if math.isfinite(score) else score
 
 
-def _to_arrow(records: Sequence[Record], schema: pa.Schema, dim: int) -> pa.Table:
-    vectors = np.stack([r.embedding for r in records]).astype(np.float32, copy=False)
-    embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), dim)
+def _to_arrow(batch: Columns, schema: pa.Schema) -> pa.Table:
+    flat = pa.array(batch.embeddings.reshape(-1), pa.float32())
     columns: list[Any] = [
-        pa.array([r.id for r in records], pa.utf8()),
-        pa.array([r.source_id for r in records], pa.utf8()),
-        pa.array([r.source_type for r in records], pa.utf8()),
-        pa.array([r.text_chunk for r in records], pa.utf8()),
-        embedding,
-        pa.array([r.created_at for r in records], pa.utf8()),
-        pa.array([tags_to_json(r.tags) for r in records], pa.utf8()),
-        pa.array([list(r.tags) for r in records], pa.list_(pa.utf8())),
+        pa.array(batch.ids, pa.utf8()),
+        pa.array(batch.source_ids, pa.utf8()),
+        pa.array(batch.source_types, pa.utf8()),
+        pa.array(batch.text_chunks, pa.utf8()),
+        pa.FixedSizeListArray.from_arrays(flat, batch.dim),
+        pa.array(batch.created_at, pa.utf8()),
+        pa.array(batch.tags, pa.utf8()),
+        pa.array(batch.tag_lists(), pa.list_(pa.utf8())),
     ]
     return pa.Table.from_arrays(columns, schema=schema)
 
@@ -474,22 +472,15 @@ class LanceStore:
     async def insert(self, table: str, records: Sequence[Record]) -> None:
         """See `VectorStore.insert`. One commit, one version: an append or a `merge_insert`."""
         t = self._table(table)
-        latest: dict[str, Record] = {}
-        for record in records:
-            if not isinstance(record, Record):
-                raise TypeError(f"insert() takes Records, got {type(record).__name__}")
-            if record.dim != t.dim:
-                raise DimensionMismatch(table, t.dim, record.dim, what=f"record {record.id!r}")
-            latest.pop(record.id, None)  # a repeated id keeps its last record
-            latest[record.id] = record
-        if not latest:
+        batch = insert_batch(table, t.dim, records)
+        if not batch:
             return
         with self._errors("insert", table):
-            data = _to_arrow(list(latest.values()), t.schema, t.dim)
+            data = _to_arrow(batch, t.schema)
         async with self._writing("insert", table):
             known = await self._known_ids(t)
-            new = not known.may_contain_any(list(latest))
-            known.add(latest)  # before the write: the set may over-state, never under-state
+            new = not known.may_contain_any(batch.ids)
+            known.add(batch.ids)  # before the write: the set may over-state, never under-state
             if new:
                 await t.handle.add(data)  # see store/idset.py: the common case, twice as fast
             else:

@@ -57,6 +57,7 @@ from store.base import (
     VectorLike,
     VectorStore,
 )
+from store.columns import Columns
 from store.filter import In, to_text
 from store.http import ServedStore
 from store.sqlite import Change, SQLiteStore
@@ -444,7 +445,7 @@ class Migrator:
             # The stages overlap: the next batch is read from SQLite while up to three are on
             # their way into the target, so one is decoded there while another is written
             # (bench/migrate.py). Checkpoints still go in order: each after the one before.
-            send, receive = anyio.create_memory_object_stream[list[Record]](1)
+            send, receive = anyio.create_memory_object_stream[Columns](1)
             slots = anyio.Semaphore(_COPIES_IN_FLIGHT)
             try:
                 async with anyio.create_task_group() as tg:
@@ -468,7 +469,7 @@ class Migrator:
         self,
         name: str,
         progress: TableProgress,
-        batch: list[Record],
+        batch: Columns,
         order: tuple[anyio.Event | None, anyio.Event],
         slots: anyio.Semaphore,
     ) -> None:
@@ -480,7 +481,7 @@ class Migrator:
         if previous is not None:
             await previous.wait()
         if batch:
-            progress.after = batch[-1].id
+            progress.after = batch.ids[-1]
             progress.copied += len(batch)
             started, copied = self._copy_clock
             elapsed = max(time.perf_counter() - started, 1e-9)
@@ -494,7 +495,7 @@ class Migrator:
         return sum(progress.copied for progress in self.state.tables.values())
 
     async def _read_ahead(
-        self, name: str, after: str | None, send: MemoryObjectSendStream[list[Record]]
+        self, name: str, after: str | None, send: MemoryObjectSendStream[Columns]
     ) -> None:
         async with send:
             while True:
@@ -506,7 +507,7 @@ class Migrator:
                     return  # the copy stopped (the target failed): its error is the one to see
                 if len(batch) < self.settings.batch:
                     return
-                after = batch[-1].id
+                after = batch.ids[-1]
 
     async def _catch_up(self) -> int:
         """Replay the change log up to its end as it is now (a busy writer cannot keep this

@@ -37,7 +37,6 @@ import numpy.typing as npt
 from store import filter as filters
 from store import sqlitedb
 from store.base import (
-    DimensionMismatch,
     IndexStatus,
     InvalidQuery,
     Record,
@@ -54,8 +53,8 @@ from store.base import (
     check_top_k,
     content_digest,
     tags_from_json,
-    tags_to_json,
 )
+from store.columns import Columns, insert_batch
 from store.matrix import Matrix, MatrixOutOfStep, TopK
 
 __all__ = ["Change", "SQLiteStore"]
@@ -368,30 +367,23 @@ class SQLiteStore:
     async def insert(self, table: str, records: Sequence[Record]) -> None:
         """See `VectorStore.insert`."""
         t = self._table(table)
-        latest: dict[str, Record] = {}
-        for record in records:
-            if not isinstance(record, Record):
-                raise TypeError(f"insert() takes Records, got {type(record).__name__}")
-            if record.dim != t.dim:
-                raise DimensionMismatch(table, t.dim, record.dim, what=f"record {record.id!r}")
-            latest.pop(record.id, None)  # a repeated id keeps its last record, in last place
-            latest[record.id] = record
-        if not latest:
+        batch = insert_batch(table, t.dim, records)
+        if not batch:
             return
-        batch = list(latest.values())
-        rows = [
-            (
-                r.id,
-                r.source_id,
-                r.source_type,
-                r.text_chunk,
-                r.embedding.astype("<f4", copy=False).tobytes(),
-                r.created_at,
-                tags_to_json(r.tags),
+        vectors = batch.embeddings
+        stored = vectors.astype("<f4", copy=False)  # as little-endian BLOBs
+        rows = list(
+            zip(
+                batch.ids,
+                batch.source_ids,
+                batch.source_types,
+                batch.text_chunks,
+                (vector.tobytes() for vector in stored),
+                batch.created_at,
+                batch.tags,
+                strict=True,
             )
-            for r in batch
-        ]
-        vectors = np.stack([r.embedding for r in batch])
+        )
         with self._errors("insert", table):
             await self._matrix(t)
         async with self._write("insert", table) as writer:
@@ -593,16 +585,16 @@ class SQLiteStore:
             batch = await self.records_after(table, after, batch_size)
             if not batch:
                 return
-            after = batch[-1].id
-            yield batch
+            after = batch.ids[-1]
+            yield list(batch)
             if len(batch) < batch_size:
                 return
 
-    async def records_after(self, table: str, after: str | None, limit: int) -> list[Record]:
+    async def records_after(self, table: str, after: str | None, limit: int) -> Columns:
         """Up to `limit` records with ids above `after` (from the first when None), by id:
         one keyset page, one query."""
         rows = await self._page("records_after", table, after, limit)
-        return [_record_from_row(row) for row in rows]
+        return Columns.from_stored(rows, self._table(table).dim)
 
     async def digests(
         self, table: str, *, batch_size: int = 1000

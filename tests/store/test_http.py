@@ -35,13 +35,14 @@ from store.base import (
     TableExists,
     UnknownTable,
 )
+from store.columns import Columns
 from store.http import (
     RECORDS_BINARY,
     HTTPStore,
+    columns_from_binary,
+    columns_to_binary,
     error_body,
     error_from_body,
-    records_from_binary,
-    records_to_binary,
 )
 from store.sqlite import SQLiteStore
 from tests.store.conftest import clustered, random_records, record, records_of
@@ -445,10 +446,10 @@ async def test_accepted_connections_have_nagle_off() -> None:
     assert nodelay == [1]
 
 
-async def test_bulk_inserts_travel_as_one_float32_matrix(sidecar: Sidecar) -> None:
+async def test_bulk_inserts_travel_as_columns_and_one_float32_matrix(sidecar: Sidecar) -> None:
     batch = [record("a", [1, 0], tags=["x"]), record("b", [0.5, -2], text="ünï")]
-    body = records_to_binary(batch)
-    assert records_from_binary(body) == batch
+    body = columns_to_binary(Columns.from_records(batch, 2))
+    assert list(columns_from_binary(body)) == batch
     async with HTTPStore(sidecar.url, secret=sidecar.secret) as store:
         await store.create_table("t", dim=2)
         await store.insert("t", batch)  # HTTPStore sends this framing
@@ -456,12 +457,14 @@ async def test_bulk_inserts_travel_as_one_float32_matrix(sidecar: Sidecar) -> No
         with pytest.raises(DimensionMismatch, match="record 'c'"):
             await store.insert("t", [record("c", [1, 0, 0]), record("d", [1, 0])])
     head = body[4 : 4 + int.from_bytes(body[:4], "big")]
+    nul = head.replace('"ün'.encode(), b'"\\u0000n')  # a NUL in b's text_chunk
     bad = {
         "short": b"\x00\x00",
         "not JSON": (3).to_bytes(4, "big") + b"{no" + b"\x00" * 16,
-        "no records": (2).to_bytes(4, "big") + b"{}",
+        "no columns": (2).to_bytes(4, "big") + b"{}",
         "wrong size": body[:-4],
         "bad dim": len(head).to_bytes(4, "big") + head.replace(b'"dim":2', b'"dim":0') + body[-16:],
+        "bad value": len(nul).to_bytes(4, "big") + nul + body[-16:],
     }
     messages = {}
     async with raw_client(sidecar) as client:
@@ -476,6 +479,7 @@ async def test_bulk_inserts_travel_as_one_float32_matrix(sidecar: Sidecar) -> No
             messages[name] = response.json()["error"]["message"]
     assert "shorter than its 4-byte header" in messages["short"]
     assert "header is not JSON" in messages["not JSON"]
-    assert "an object with a 'records' list" in messages["no records"]
+    assert "an object with a 'columns' object" in messages["no columns"]
     assert "2 records of dim 2 need 16 bytes of float32, got 12" in messages["wrong size"]
     assert "dim: expected a positive integer, got 0" in messages["bad dim"]
+    assert "record 'b': text_chunk: contains a NUL" in messages["bad value"]
