@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, Self, runtime_checkable
@@ -171,7 +171,9 @@ def _normalize_timestamp(value: str) -> str:
         raise InvalidRecord(
             f"created_at: {value!r} is outside the years 1 to 9999 in UTC"
         ) from None
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # The year by hand: strftime's %Y does not pad years before 1000 to four digits on Linux,
+    # and "999-..." neither sorts with the rest nor parses again.
+    return f"{moment.year:04d}-{moment:%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
 
 
 _TAGS_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
@@ -274,7 +276,7 @@ def _checked_fields(
         _check_text("text_chunk", text_chunk, allow_empty=True),
     )
     timestamp = normalize_timestamp(created_at)  # type: ignore[arg-type]  # it checks the type
-    if isinstance(tags, str | bytes) or not isinstance(tags, Iterable):
+    if isinstance(tags, str | bytes | Mapping) or not isinstance(tags, Iterable):
         raise InvalidRecord(f"tags: expected a list of strings, got {type(tags).__name__}")
     tag_tuple = tuple(tags)
     for tag in tag_tuple:

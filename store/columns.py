@@ -8,25 +8,26 @@ Record in between. Copying 100K rows alone (no searcher, 2 cores) took 9.4 s of 
 the daemon and the sidecar with a Record per row, and 3.2 s with columns: ~21,000 rows/s became
 ~46,000.
 
-It is a `Sequence[Record]`, so every `VectorStore.insert` takes it; the stores that can use the
-columns as they are (`LanceStore`, `HTTPStore`, `SQLiteStore`) do, through `insert_batch`.
+It is a `Sequence[Record]`, so every `VectorStore.insert` takes it, and `LanceStore`,
+`SQLiteStore` and `HTTPStore` use the columns as they are.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
 import numpy as np
+import numpy.typing as npt
 
 from store.base import (
     MAX_DIM,
     DimensionMismatch,
     InvalidRecord,
     Record,
+    StoreError,
     Vector,
     normalize_timestamp,
     tags_from_json,
@@ -87,6 +88,9 @@ class Columns(Sequence[Record]):
         """Rows as a store keeps them, validated on their way in: (id, source_id, source_type,
         text_chunk, embedding as little-endian float32 bytes, created_at, tags JSON)."""
         blob = b"".join(row[4] for row in rows)
+        if len(blob) != len(rows) * dim * 4:
+            bad = next(row[0] for row in rows if len(row[4]) != dim * 4)
+            raise StoreError(f"record {bad!r}: stored embedding is not {dim} float32 values")
         matrix = np.frombuffer(blob, dtype="<f4").astype(np.float32, copy=False)
         return cls(
             [row[0] for row in rows],
@@ -99,14 +103,23 @@ class Columns(Sequence[Record]):
         )
 
     @classmethod
-    def checked(cls, fields: Mapping[str, Any], embeddings: Vector) -> Columns:
+    def checked(cls, fields: Mapping[str, Any], embeddings: npt.ArrayLike) -> Columns:
         """Columns from a client: `fields` maps `TEXT_COLUMNS` to lists (`id` and `created_at`
         required, the others empty when missing; `tags` JSON arrays), row i of `embeddings`
         is record i's. Each record is checked as `Record.batch` checks it: columns already in
         their stored form (what another store sends) pass in a few column-wide passes, and
         anything else (a value to normalise, or an error to name) goes record by record
-        through `Record.batch`, so an error names the record as it does there."""
-        n = embeddings.shape[0]
+        through `Record.batch`, so an error names its record."""
+        # A value beyond float32's range becomes inf here, and is refused below as not finite.
+        try:
+            with np.errstate(over="ignore"):
+                matrix = _float32(embeddings)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRecord(f"embeddings: expected a matrix of numbers ({exc})") from None
+        if matrix.ndim != 2:
+            raise InvalidRecord(f"embeddings: expected a matrix, got shape {matrix.shape}")
+        matrix.setflags(write=False)
+        n = matrix.shape[0]
         columns: dict[str, list[Any]] = {}
         for name in TEXT_COLUMNS:
             value = fields.get(name)
@@ -116,12 +129,11 @@ class Columns(Sequence[Record]):
                 got = f"{len(value)} values" if isinstance(value, list) else repr(value)[:80]
                 raise InvalidRecord(f"column {name!r}: expected a list of {n} values, got {got}")
             columns[name] = value
-        if _stored_form(columns, embeddings):
-            embeddings.setflags(write=False)
+        if _stored_form(columns, matrix):
             ids, source_ids, source_types, text_chunks, created_at, tags = (
                 columns[name] for name in TEXT_COLUMNS
             )
-            return cls(ids, source_ids, source_types, text_chunks, created_at, tags, embeddings)
+            return cls(ids, source_ids, source_types, text_chunks, created_at, tags, matrix)
         items = [
             {
                 "id": columns["id"][i],
@@ -133,7 +145,7 @@ class Columns(Sequence[Record]):
             }
             for i in range(n)
         ]
-        return cls.from_records(Record.batch(items, embeddings), embeddings.shape[1])
+        return cls.from_records(Record.batch(items, matrix), matrix.shape[1])
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -194,6 +206,14 @@ def insert_batch(table: str, dim: int, records: Sequence[Record]) -> Columns:
     return Columns.from_records(list(latest.values()), dim)
 
 
+def _float32(embeddings: npt.ArrayLike) -> Vector:
+    """The matrix as float32: a private copy, unless it is read-only already (the wire's view
+    of a request body, which its owner keeps unchanged)."""
+    if isinstance(embeddings, np.ndarray) and not embeddings.flags.writeable:
+        return np.asarray(embeddings, np.float32)
+    return np.array(embeddings, np.float32)
+
+
 def _stored_form(columns: Mapping[str, list[Any]], embeddings: Vector) -> bool:
     """Whether every value is valid and already normalised: what `Record.batch` would keep
     unchanged. False sends the batch the slow way, to be normalised or to have its first
@@ -231,15 +251,15 @@ def _plain_texts(values: list[Any]) -> bool:
     return "\x00" not in joined
 
 
-def _tags_field(id: object, value: object) -> object:
-    """A record's tags for `Record.batch`, parsed from their JSON array."""
+def _tags_field(id: object, value: object) -> tuple[str, ...]:
+    """A record's tags for `Record.batch`, from their JSON array."""
     if not isinstance(value, str):
         raise InvalidRecord(
             f"record {id!r}: tags: expected a JSON array in a string, got {type(value).__name__}"
         )
     try:
-        return json.loads(value)
-    except (ValueError, RecursionError):
+        return tags_from_json(value)
+    except (InvalidRecord, ValueError, RecursionError):
         raise InvalidRecord(
             f"record {id!r}: tags: expected a JSON array of strings, got {value!r}"
         ) from None

@@ -51,6 +51,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from store.base import (
+    MAX_DIM,
     DimensionMismatch,
     IndexStatus,
     InvalidFilter,
@@ -238,8 +239,10 @@ def columns_from_binary(body: bytes) -> Columns:
     if not isinstance(header, dict) or not isinstance(header.get("columns"), dict):
         raise InvalidRecord("binary records: header must be an object with a 'columns' object")
     fields, dim = header["columns"], header.get("dim")
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise InvalidRecord(f"binary records: dim: expected a positive integer, got {dim!r}")
+    if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_DIM:
+        raise InvalidRecord(
+            f"binary records: dim: expected an integer from 1 to {MAX_DIM}, got {dim!r:.80}"
+        )
     ids = fields.get("id")
     if not isinstance(ids, list):
         raise InvalidRecord(f"binary records: column 'id': expected a list, got {ids!r:.80}")
@@ -249,9 +252,9 @@ def columns_from_binary(body: bytes) -> Columns:
             f"binary records: {len(ids)} records of dim {dim} need {len(ids) * dim * 4} "
             f"bytes of float32, got {len(vectors)}"
         )
-    matrix = np.frombuffer(vectors, dtype="<f4").reshape(len(ids), dim)
+    matrix = np.frombuffer(vectors, dtype="<f4").reshape(len(ids), dim)  # read-only
     try:
-        return Columns.checked(fields, matrix.astype(np.float32, copy=False))
+        return Columns.checked(fields, matrix)
     except InvalidRecord as exc:
         raise InvalidRecord(f"binary records: {exc}") from None
 
@@ -743,14 +746,13 @@ class HTTPStore:
     async def insert(self, table: str, records: Sequence[Record]) -> None:
         """See `VectorStore.insert`."""
         path = self._path(table, "/records")
-        if not isinstance(records, Columns):
-            for record in records:
-                if not isinstance(record, Record):
-                    raise TypeError(f"insert() takes Records, got {type(record).__name__}")
         if not records:
             await self.count(table)  # still raises UnknownTable, like the other stores
             return
         if not isinstance(records, Columns):
+            for record in records:
+                if not isinstance(record, Record):
+                    raise TypeError(f"insert() takes Records, got {type(record).__name__}")
             dims = {r.dim for r in records}
             if len(dims) > 1:  # the framing holds one matrix; let the sidecar name the mismatch
                 payload = [record_to_json(r, as_base64=True) for r in records]

@@ -3,7 +3,6 @@ would keep, and reads back as the same records in every store."""
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from store.base import DimensionMismatch, InvalidRecord, Record
+from store.base import DimensionMismatch, InvalidRecord, Record, StoreError, tags_from_json
 from store.columns import TEXT_COLUMNS, Columns, insert_batch
 from store.lance import LanceStore
 from store.sqlite import SQLiteStore
@@ -34,12 +33,20 @@ def wire(records: list[Record]) -> tuple[dict[str, list[Any]], np.ndarray]:
     return fields, np.array(columns.embeddings)
 
 
+def parsed_tags(text: str) -> tuple[str, ...]:
+    """Tags as the stores read their JSON array; ValueError when they are not one."""
+    try:
+        return tags_from_json(text)
+    except InvalidRecord as exc:
+        raise ValueError(str(exc)) from None
+
+
 def by_record_batch(fields: dict[str, list[Any]], matrix: np.ndarray) -> list[Record]:
     """What `Record.batch` makes of the same batch (tags parsed from their JSON arrays)."""
     items = [
         {
             **{name: fields[name][i] for name in TEXT_COLUMNS if name != "tags"},
-            "tags": json.loads(fields["tags"][i]),
+            "tags": parsed_tags(fields["tags"][i]),
         }
         for i in range(len(matrix))
     ]
@@ -91,9 +98,10 @@ def test_values_to_normalise_come_out_as_record_batch_makes_them() -> None:
         ("source_type", "bad \ud800", "record 'b': source_type: not valid Unicode"),
         ("created_at", "2024-05-01", "record 'b': created_at: expected an RFC 3339"),
         ("tags", "not json", "record 'b': tags: expected a JSON array of strings"),
-        ("tags", '["ok", 3]', r"record 'b': tags\[\]: expected a string"),
+        ("tags", '["ok", 3]', "record 'b': tags: expected a JSON array of strings"),
+        ("tags", '{"a": 1}', "record 'b': tags: expected a JSON array of strings"),
         ("tags", '["a\\u0000"]', r"record 'b': tags\[\]: contains a NUL"),
-        ("tags", '"rust"', "record 'b': tags: expected a list"),
+        ("tags", '"rust"', "record 'b': tags: expected a JSON array of strings"),
         ("tags", ["x"], "record 'b': tags: expected a JSON array in a string, got list"),
     ],
 )
@@ -102,6 +110,30 @@ def test_a_bad_value_is_named_with_its_record(column: str, value: object, messag
     fields[column][1] = value
     with pytest.raises(InvalidRecord, match=message):
         Columns.checked(fields, matrix)
+
+
+def test_the_matrix_becomes_a_private_float32_copy_unless_read_only() -> None:
+    fields, matrix = wire([record("a", [1, 0]), record("b", [0, 1])])
+    wide = matrix.astype(np.float64)
+    columns = Columns.checked(fields, wide)
+    assert columns.embeddings.dtype == np.float32
+    wide[0, 0] = 9.0  # the caller's array stays the caller's, and writable
+    assert columns.embeddings[0, 0] == 1.0
+    assert not columns.embeddings.flags.writeable
+    with pytest.raises(InvalidRecord, match="record 'a': embedding"):
+        Columns.checked(fields, np.array([[1e39, 0], [0, 1]]))  # overflows float32
+    for shape in ([1.0, 0.0], np.ones((2, 1, 2))):
+        with pytest.raises(InvalidRecord, match="embeddings: expected a matrix"):
+            Columns.checked(fields, shape)
+    empty = Columns.checked({"id": [], "created_at": []}, np.zeros((0, 3), np.float32))
+    assert len(empty) == 0
+
+
+def test_a_stored_embedding_of_the_wrong_size_is_a_store_error() -> None:
+    rows = [("a", "", "", "", b"\x00\x00\x80?", "2024-05-01T12:00:00.000Z", "[]")]
+    assert list(Columns.from_stored(rows, 1)[0].embedding) == [1.0]
+    with pytest.raises(StoreError, match="record 'b': stored embedding is not 1 float32"):
+        Columns.from_stored([*rows, ("b", "", "", "", b"\x00", rows[0][5], "[]")], 1)
 
 
 def test_bad_embeddings_and_ragged_columns_are_named() -> None:
@@ -152,7 +184,7 @@ def test_columns_accept_and_refuse_exactly_what_record_batch_does() -> None:
             expected: list[Record] | str = by_record_batch(fields, matrix)
         except InvalidRecord as exc:
             expected = str(exc)
-        except (ValueError, TypeError):  # tags that are not JSON: Columns names the record
+        except ValueError:  # tags that are not a JSON array of strings: Columns names the record
             expected = "tags"
         try:
             got: list[Record] | str = list(Columns.checked(fields, matrix))

@@ -130,11 +130,13 @@ async def test_round_trip_keeps_every_field_exactly(store: VectorStore) -> None:
             tags=["a b", "ünï", "", "it's"],
         ),
         record("plain", [1, 2, 3, 4], text="", tags=[]),
+        record("old", [1, 0, 0, 0], created_at="0999-05-01T12:00:00+00:00"),
     ]
     await store.insert("t", originals)
-    got = await store.get_by_ids("t", ["plain", "ünï-文字-🦀"])
-    assert got == [originals[1], originals[0]]
+    got = await store.get_by_ids("t", ["plain", "ünï-文字-🦀", "old"])
+    assert got == [originals[1], originals[0], originals[2]]
     assert got[1].created_at == "2024-05-01T12:30:15.123Z"  # normalised to UTC at creation
+    assert got[2].created_at == "0999-05-01T12:00:00.000Z"  # four digits, so order holds
     assert got[1].embedding.dtype == np.float32
 
 
@@ -211,6 +213,7 @@ async def test_wrong_dimension_names_both_and_writes_nothing(store: VectorStore)
         ({"created_at": "2024-05-01T12:00:00"}, "with an offset"),
         ({"created_at": "yesterday"}, "RFC 3339"),
         ({"tags": "rust"}, "tags: expected a list"),
+        ({"tags": {"a": 1}}, "tags: expected a list of strings, got dict"),
         ({"tags": ["ok", 3]}, r"tags\[\]: expected a string"),
         ({"text_chunk": "a\x00b"}, "text_chunk: contains a NUL"),
         ({"created_at": ["2024-05-01T12:00:00Z"]}, "created_at: expected an RFC 3339 string"),

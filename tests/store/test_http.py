@@ -456,6 +456,11 @@ async def test_bulk_inserts_travel_as_columns_and_one_float32_matrix(sidecar: Si
         assert await store.get_by_ids("t", ["a", "b"]) == batch
         with pytest.raises(DimensionMismatch, match="record 'c'"):
             await store.insert("t", [record("c", [1, 0, 0]), record("d", [1, 0])])
+    async with raw_client(sidecar) as client:  # an empty batch: nothing written, no error
+        empty = columns_to_binary(Columns.from_records([], 2))
+        headers = {"Content-Type": RECORDS_BINARY}
+        response = await client.post("/tables/t/records", content=empty, headers=headers)
+        assert (response.status_code, response.json()) == (200, {"upserted": 0})
     head = body[4 : 4 + int.from_bytes(body[:4], "big")]
     nul = head.replace('"ün'.encode(), b'"\\u0000n')  # a NUL in b's text_chunk
     bad = {
@@ -481,5 +486,5 @@ async def test_bulk_inserts_travel_as_columns_and_one_float32_matrix(sidecar: Si
     assert "header is not JSON" in messages["not JSON"]
     assert "an object with a 'columns' object" in messages["no columns"]
     assert "2 records of dim 2 need 16 bytes of float32, got 12" in messages["wrong size"]
-    assert "dim: expected a positive integer, got 0" in messages["bad dim"]
+    assert "dim: expected an integer from 1 to 65536, got 0" in messages["bad dim"]
     assert "record 'b': text_chunk: contains a NUL" in messages["bad value"]
