@@ -8,8 +8,8 @@ from the environment variable ``SATCHEL_SIDECAR_SECRET`` (never from argv, which
 user can read in the process list); without it the sidecar refuses to start.
 
 A LanceDB store is maintained in the background: at start and every ``--maintain-every``
-seconds each table gets a `LanceStore.maintain` pass (indexes, optimize, cleanup), logged to
-stderr.
+seconds (and at once when a client says a bulk load is over, `LanceStore.load_finished`)
+each table gets a `LanceStore.maintain` pass (indexes, optimize, cleanup), logged to stderr.
 
 SIGTERM or SIGINT stops accepting connections, lets requests in flight finish (for at most
 ``--grace`` seconds), closes the store and exits 0. This process owns its signals: uvicorn's
@@ -83,7 +83,8 @@ def _open_store(args: argparse.Namespace) -> ServedStore:
 async def _maintain(store: ServedStore, every: float) -> None:
     """Maintain each table in turn, forever; failures are logged and tried again next time."""
     maintain = getattr(store, "maintain", None)
-    if maintain is None or every <= 0:
+    next_pass = getattr(store, "next_pass", None)
+    if maintain is None or next_pass is None or every <= 0:
         return  # SQLite's matrix needs no upkeep
     while True:  # a pass at start too: a restart after a crash mid-build builds again now
         for table in store.tables():
@@ -94,7 +95,7 @@ async def _maintain(store: ServedStore, every: float) -> None:
                 _log.error(
                     "table %s: maintenance failed (tried again in %g s): %s", table, every, exc
                 )
-        await anyio.sleep(every)
+        await next_pass(every)
 
 
 class _Stop:

@@ -133,6 +133,11 @@ class ServedStore(VectorStore, Protocol):
         """How the table is searched: exactly, or by which index, and what it does not cover."""
         ...
 
+    async def load_finished(self, table: str) -> None:
+        """A bulk load into the table (a migration's copy) is over: index it now rather than
+        wait to see it stop growing. Changes nothing a client can read."""
+        ...
+
     def digests(
         self, table: str, *, batch_size: int = 1000
     ) -> AsyncIterator[list[tuple[str, bytes]]]:
@@ -483,6 +488,10 @@ def create_app(store: ServedStore, *, secret: str, allowed_hosts: set[str]) -> A
     async def index_status(request: Request) -> Response:
         return JSONResponse(asdict(await store.index_status(request.path_params["table"])))
 
+    async def load_finished(request: Request) -> Response:
+        await store.load_finished(request.path_params["table"])
+        return JSONResponse({"ok": True})
+
     def batch_size(request: Request) -> int:
         raw = request.query_params.get("batch_size", "1000")
         if not raw.isdigit():
@@ -559,6 +568,7 @@ def create_app(store: ServedStore, *, secret: str, allowed_hosts: set[str]) -> A
         Route(f"{table}/search", guarded(search), methods=["POST"]),
         Route(f"{table}/count", guarded(count), methods=["GET"]),
         Route(f"{table}/index", guarded(index_status), methods=["GET"]),
+        Route(f"{table}/loaded", guarded(load_finished), methods=["POST"]),
     ]
     return _Guard(Starlette(routes=routes), secret, allowed_hosts)
 
@@ -827,6 +837,10 @@ class HTTPStore:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"sidecar at {self.base_url}: malformed index status") from exc
+
+    async def load_finished(self, table: str) -> None:
+        """See `ServedStore.load_finished`. Retried: saying it twice is saying it once."""
+        await self._call("load_finished", "POST", self._path(table, "/loaded"))
 
     async def export_all(
         self, table: str, *, batch_size: int = 1000

@@ -321,6 +321,9 @@ class RoutedStore:
     async def index_status(self, table: str) -> IndexStatus:
         return await self.active.index_status(table)
 
+    async def load_finished(self, table: str) -> None:
+        await self.active.load_finished(table)
+
     # -- writes pass the gate ----------------------------------------------------------------
 
     async def create_table(self, name: str, *, dim: int) -> None:
@@ -440,30 +443,34 @@ class Migrator:
         self._copy_clock = (time.perf_counter(), self._copied())
         for name, progress in self.state.tables.items():
             await self._ensure_table(name, progress.dim)
-            if progress.done:
-                continue
-            # The stages overlap: the next batch is read from SQLite while up to three are on
-            # their way into the target, so one is decoded there while another is written
-            # (bench/migrate.py). Checkpoints still go in order: each after the one before.
-            send, receive = anyio.create_memory_object_stream[Columns](1)
-            slots = anyio.Semaphore(_COPIES_IN_FLIGHT)
-            try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._read_ahead, name, progress.after, send)
-                    previous: anyio.Event | None = None
-                    async with receive:
-                        async for batch in receive:
-                            await slots.acquire()
-                            stored = anyio.Event()
-                            tg.start_soon(
-                                self._store, name, progress, batch, (previous, stored), slots
-                            )
-                            previous = stored
-            except BaseExceptionGroup as group:
-                # The tasks are this phase's own detail: callers get the error itself (a
-                # StoreError from a sidecar that died, say), which they know how to retry, even
-                # when the batches in flight failed together.
-                raise _first_error(group) from None
+            if not progress.done:
+                await self._copy_table(name, progress)
+            # Else the sidecar indexes the table only once it has seen it stop growing, 10-20 s
+            # later at 1M rows, and the replay that comes next upserts against an `id` index
+            # that covers none of the copied rows (bench/migrate.py).
+            await self.target.load_finished(name)
+
+    async def _copy_table(self, name: str, progress: TableProgress) -> None:
+        # The stages overlap: the next batch is read from SQLite while up to three are on
+        # their way into the target, so one is decoded there while another is written
+        # (bench/migrate.py). Checkpoints still go in order: each after the one before.
+        send, receive = anyio.create_memory_object_stream[Columns](1)
+        slots = anyio.Semaphore(_COPIES_IN_FLIGHT)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._read_ahead, name, progress.after, send)
+                previous: anyio.Event | None = None
+                async with receive:
+                    async for batch in receive:
+                        await slots.acquire()
+                        stored = anyio.Event()
+                        tg.start_soon(self._store, name, progress, batch, (previous, stored), slots)
+                        previous = stored
+        except BaseExceptionGroup as group:
+            # The tasks are this phase's own detail: callers get the error itself (a
+            # StoreError from a sidecar that died, say), which they know how to retry, even
+            # when the batches in flight failed together.
+            raise _first_error(group) from None
 
     async def _store(
         self,

@@ -653,6 +653,10 @@ class SQLiteStore:
         rows = await self.count(table)
         return IndexStatus(kind="exact", state="exact", rows=rows, unindexed_rows=rows)
 
+    async def load_finished(self, table: str) -> None:
+        """Nothing to do: the matrix is exact and needs no index (see `ServedStore`)."""
+        self._table(table)
+
     async def preload(self, table: str) -> None:
         """Load the table's search matrix now rather than on the first search."""
         await self._matrix(self._table(table))

@@ -79,7 +79,8 @@ async def test_missing_or_wrong_secret_is_401(sidecar: Sidecar) -> None:
     ]
     async with raw_client(sidecar, secret="") as client:
         for headers in wrong:
-            for method, path in [("GET", "/health"), ("GET", "/tables"), ("POST", "/tables")]:
+            routes = [("GET", "/health"), ("GET", "/tables"), ("POST", "/tables")]
+            for method, path in [*routes, ("POST", "/tables/t/loaded")]:
                 response = await client.request(
                     method, path, headers=headers, json={"name": "t", "dim": 2}
                 )
@@ -405,13 +406,33 @@ async def test_a_lance_sidecar_maintains_its_tables_and_reports_their_index(
             assert (await store.search("t", vectors[7], 1))[0].id == "r000007"
 
 
+async def test_a_finished_load_gets_its_maintenance_pass_at_once(tmp_path: Path) -> None:
+    vectors = clustered(1_500, 16)
+    args = ("--ann-min-rows", "1000", "--maintain-every", "3600")  # no pass on schedule here
+    async with running_sidecar("lance", tmp_path / "lance", args=args) as sidecar:
+        async with HTTPStore(sidecar.url, secret=sidecar.secret) as store:
+            await store.create_table("t", dim=16)
+            await store.insert("t", records_of(vectors))
+            await store.load_finished("t")
+            with anyio.fail_after(60):  # the build itself takes well under a second
+                while (status := await store.index_status("t")).kind != "IVF_RQ":
+                    await anyio.sleep(0.1)
+            assert status == IndexStatus("IVF_RQ", "indexed", 1_500, 0)
+            with pytest.raises(UnknownTable):
+                await store.load_finished("nope")
+
+
 async def test_a_sqlite_sidecar_reports_exact_search(sidecar: Sidecar) -> None:
     async with HTTPStore(sidecar.url, secret=sidecar.secret) as store:
         await store.create_table("t", dim=2)
         await store.insert("t", [record("a", [1, 0])])
         assert await store.index_status("t") == IndexStatus("exact", "exact", 1, 1)
+        await store.load_finished("t")  # nothing to build
+        assert await store.index_status("t") == IndexStatus("exact", "exact", 1, 1)
         with pytest.raises(UnknownTable):
             await store.index_status("nope")
+        with pytest.raises(UnknownTable):
+            await store.load_finished("nope")
 
 
 @pytest.mark.parametrize("value", ["999", "many"])

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from store.base import IndexStatus, StoreError
+from store.base import IndexStatus, StoreError, UnknownTable
 from store.lance import IndexPolicy, LanceStore
 from tests.store.conftest import clustered, record, records_of
 
@@ -206,6 +206,48 @@ async def test_the_first_pass_over_a_big_table_waits_to_see_whether_it_is_loadin
         await store.insert("t", records_of(vectors))
         # Under loading_rows (20,000 by default): a small table is indexed at once
         assert (await store.maintain("t"))[-1].startswith("built IVF_RQ")
+
+
+async def test_a_finished_load_is_indexed_at_the_next_pass_without_waiting(
+    tmp_path: Path,
+) -> None:
+    vectors = clustered(6_000, 16)
+    policy = IndexPolicy(ann_min_rows=1_000, loading_rows=500)
+    async with LanceStore(tmp_path, policy) as store:
+        await store.create_table("t", dim=16)
+        await store.insert("t", records_of(vectors[:3_000]))
+        await store.load_finished("t")
+        # Over loading_rows at the first pass, which would wait a pass: the loader said it ended.
+        assert (await store.maintain("t"))[-1].startswith("built IVF_RQ with 14 partitions")
+        # Once: the next load is seen loading again, until it too is said to be over.
+        await store.insert("t", records_of(vectors[3_000:], start=3_000))
+        assert (await store.maintain("t")) == [
+            "waiting: the table is loading (3000 rows at the previous pass)"
+        ]
+        assert await store.index_status("t") == IndexStatus("IVF_RQ", "loading", 6_000, 3_000)
+        await store.load_finished("t")
+        assert (await store.maintain("t"))[-1].startswith("optimized")
+        assert await store.index_status("t") == IndexStatus("IVF_RQ", "indexed", 6_000, 0)
+        with pytest.raises(UnknownTable):
+            await store.load_finished("nope")
+
+
+async def test_next_pass_comes_at_once_after_a_finished_load_and_on_schedule_otherwise(
+    tmp_path: Path,
+) -> None:
+    async with LanceStore(tmp_path, SMALL) as store:
+        await store.create_table("t", dim=8)
+        with anyio.move_on_after(0.2) as scheduled:  # nothing asked: it sleeps its time
+            await store.next_pass(10)
+        assert scheduled.cancelled_caught
+        with anyio.fail_after(1):
+            await store.next_pass(0.01)  # its own time elapses
+        await store.load_finished("t")
+        with anyio.fail_after(1):
+            await store.next_pass(3600)  # asked for: at once
+        with anyio.move_on_after(0.2) as again:  # and only once
+            await store.next_pass(10)
+        assert again.cancelled_caught
 
 
 async def test_rows_piled_up_outside_the_scalar_indexes_are_folded_in_before_the_build(

@@ -350,6 +350,20 @@ async def migrated_until(
 
 
 @pytest.mark.anyio
+async def test_the_copy_tells_the_target_that_each_table_is_loaded(tmp_path: Path) -> None:
+    await seeded(tmp_path, n=2000)
+    policy = IndexPolicy(ann_min_rows=1000, loading_rows=500)  # 2,000 rows at once: a load
+    async with (
+        SQLiteStore(tmp_path / "vectors.db") as sqlite,
+        LanceStore(tmp_path / "lance", policy) as lance,
+    ):
+        router = RoutedStore(sqlite, lance, on_target=False)
+        await Migrator(router, INDEXED).run(stop_before="replay")
+        # Untold, the first pass would wait a pass to see whether the table is still growing.
+        assert (await lance.maintain(TABLE))[-1].startswith("built IVF_RQ with 11 partitions")
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("then", ["restart", "a row lost from the target"])
 async def test_verify_waits_for_rows_outside_the_index_to_be_folded_in(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, then: str
