@@ -81,21 +81,21 @@ def _open_store(args: argparse.Namespace) -> ServedStore:
 
 
 async def _maintain(store: ServedStore, every: float) -> None:
-    """Maintain each table in turn, forever; failures are logged and tried again next time."""
+    """Maintain each table when it is due, forever; failures are logged and tried again at the
+    table's next pass."""
     maintain = getattr(store, "maintain", None)
     next_pass = getattr(store, "next_pass", None)
     if maintain is None or next_pass is None or every <= 0:
         return  # SQLite's matrix needs no upkeep
-    while True:  # a pass at start too: a restart after a crash mid-build builds again now
-        for table in store.tables():
+    due = list(store.tables())  # a pass at start too: a restart after a crash mid-build builds
+    while True:
+        for table in due:
             try:
                 for line in await maintain(table):
                     _log.info("table %s: %s", table, line)
             except StoreError as exc:
-                _log.error(
-                    "table %s: maintenance failed (tried again in %g s): %s", table, every, exc
-                )
-        await next_pass(every)
+                _log.error("table %s: maintenance failed (tried again later): %s", table, exc)
+        due = await next_pass(every)
 
 
 class _Stop:

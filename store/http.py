@@ -135,7 +135,9 @@ class ServedStore(VectorStore, Protocol):
 
     async def load_finished(self, table: str) -> None:
         """A bulk load into the table (a migration's copy) is over: index it now rather than
-        wait to see it stop growing. Changes nothing a client can read."""
+        wait to see it stop growing. Changes nothing a client can read; saying it twice is
+        saying it once. Raises as `VectorStore`'s methods do (`UnknownTable`, `StoreClosed`,
+        `StoreError` for a table that could not be opened)."""
         ...
 
     def digests(

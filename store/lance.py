@@ -16,10 +16,10 @@ half of a batch.
 Below `IndexPolicy.ann_min_rows` rows a table is searched exactly. `maintain()` (which the
 sidecar runs every few seconds) takes it from there: scalar indexes for the filter columns, an
 IVF_RQ index once the table is big enough (chosen by measurement: README, "Index lifecycle"),
-rebuilt when the table has outgrown its partitions, `optimize()` to fold new rows into the
-indexes and compact fragments, and old versions cleaned up after a retention window; builds and
-optimizes wait while a table is being loaded (a migration's copy). Builds run beside reads and
-writes; rows not yet indexed are still found, by exact comparison.
+rebuilt when the table has four times the rows it was built over, `optimize()` to fold new rows
+into the indexes and compact fragments, and old versions cleaned up after a retention window;
+builds and optimizes wait while a table is being loaded (a migration's copy). Builds run beside
+reads and writes; rows not yet indexed are still found, by exact comparison.
 
 A table whose newest manifest was left empty or cut short (a crash on a disk that never saw the
 fsync) is opened at its previous version and the damaged file moved aside, with a warning; a
@@ -33,12 +33,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Final, Self
+from typing import Any, Final, NamedTuple, Self
 
 import anyio
 import lancedb
@@ -83,7 +84,9 @@ _EXTRA: Final = 4
 _MAX_LIMIT: Final = 2**31 - 1  # LanceDB's limit is a 32-bit count
 _ORDER_BY_ID: Final = [ColumnOrdering(column_name="id", ascending=True)]
 _NAME = "LanceDB store"
-_VECTOR_INDEX: Final = "embedding_ivf_rq_p"  # + the partition count: the name records it
+# The IVF_RQ index's name records its partition count and the rows it was built over, so they
+# survive restarts; a name without the rows (before the partitions were capped) implies them.
+_VECTOR_INDEX: Final = re.compile(r"embedding_ivf_rq_p(?P<partitions>\d+)(?:_r(?P<rows>\d+))?")
 # The filter columns' indexes, and id's for upserts, lookups and exports.
 _SCALAR_INDEXES: Final[dict[str, type[BTree | Bitmap | LabelList]]] = {
     "id": BTree,
@@ -173,14 +176,21 @@ def _read(rows: pa.Table, dim: int) -> tuple[list[Record], _Matrix]:
     return records, vectors
 
 
-def _vector_index(indices: Iterable[Any]) -> int | None:
-    """The partition count of the table's IVF_RQ index (its name records it), if it has one."""
-    counts = [
-        int(index.name.removeprefix(_VECTOR_INDEX))
-        for index in indices
-        if index.name.startswith(_VECTOR_INDEX) and index.name[len(_VECTOR_INDEX) :].isdigit()
-    ]
-    return max(counts, default=None)  # during a rebuild's last step, the newer one
+class _VectorIndex(NamedTuple):
+    name: str
+    partitions: int
+    rows: int  # the table's rows when it was built
+
+
+def _vector_index(indices: Iterable[Any]) -> _VectorIndex | None:
+    """The table's IVF_RQ index, if it has one."""
+    found = []
+    for index in indices:
+        if match := _VECTOR_INDEX.fullmatch(index.name):
+            partitions = int(match["partitions"])
+            rows = int(match["rows"]) if match["rows"] else (4 * partitions) ** 2
+            found.append(_VectorIndex(index.name, partitions, rows))
+    return max(found, key=lambda i: i.rows, default=None)  # mid-rebuild: the newer one
 
 
 def _exact_scores(vectors: _Matrix, query: Vector) -> _Scores:
@@ -240,9 +250,7 @@ def _partitions(rows: int) -> int:
     # partitions build faster, more make each probe cheaper, but LanceDB's fixed cost per query
     # and the refine step outweigh the probes: on 1M clustered 768-d rows, in-process with
     # nothing else running, 250 partitions built in 86 s and answered in 22.4 ms at recall@10
-    # 1.000, 128 in 70 s and 20.1 ms at 0.996, 64 in 62 s and 22.4 ms at 0.997. So an index
-    # with 64 partitions or more is not rebuilt as its table grows (the rule is twice as many):
-    # optimize() folds the new rows into its partitions.
+    # 1.000, 128 in 70 s and 20.1 ms at 0.996, 64 in 62 s and 22.4 ms at 0.997.
     return max(8, min(128, round(math.sqrt(rows) / 4)))
 
 
@@ -260,7 +268,7 @@ class _Table:
     dim: int
     handle: lancedb.AsyncTable
     schema: pa.Schema
-    partitions: int | None = None  # of the IVF_RQ index, when there is one
+    index: _VectorIndex | None = None  # the IVF_RQ index, when there is one
     activity: str | None = None  # what maintenance is doing now: "building", "optimizing"
     error: str | None = None  # why the last maintenance failed
     maintaining: anyio.Lock = field(default_factory=anyio.Lock)
@@ -285,7 +293,10 @@ class LanceStore:
         self._tables: dict[str, _Table] = {}
         self._failed: dict[str, str] = {}  # tables that could not be opened, and why
         self._write_lock = anyio.Lock()
-        self._pass_due = anyio.Event()  # set by load_finished: maintain now, not on schedule
+        # Maintenance's schedule (see next_pass): load_finished asks for passes out of turn.
+        self._pass_due = anyio.Event()
+        self._asked: set[str] = set()
+        self._round_at: float | None = None  # when every table's next pass is due
         self._closed = False
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -396,7 +407,7 @@ class LanceStore:
                 f"{', '.join(_COLUMNS)}, got {', '.join(schema.names)}"
             )
         table = _Table(name, int(embedding.list_size), handle, schema)
-        table.partitions = _vector_index(await handle.list_indices())
+        table.index = _vector_index(await handle.list_indices())
         return table
 
     async def aclose(self) -> None:
@@ -516,7 +527,7 @@ class LanceStore:
         margin = _margin(t.dim)
         limit = min(k + _EXTRA, _MAX_LIMIT)
         with self._errors("search", table):
-            partitions = t.partitions
+            partitions = None if t.index is None else t.index.partitions
             # A selective filter leaves too few rows in the probed partitions for a good answer,
             # and so few rows that comparing them all is quick (the scalar indexes find them).
             if (
@@ -683,27 +694,39 @@ class LanceStore:
     async def load_finished(self, table: str) -> None:
         """Say that a bulk load into `table` (a migration's copy) is over: the next maintenance
         pass builds or optimizes what is due without waiting to see the table stop growing,
-        and `next_pass` returns at once so that the pass comes now.
+        and `next_pass` returns it at once so that the pass comes now.
 
         Without it the build of a migrated 1M-row table began 10-20 s after the copy ended
         (one pass to see the copy's last rows, one more to see no growth), and the replay
         right after the copy upserted against an `id` index that covered none of the rows.
         """
         self._table(table).loaded = True
+        self._asked.add(table)
         self._pass_due.set()
 
-    async def next_pass(self, seconds: float) -> None:
-        """Sleep until the next maintenance pass is due: `seconds` from now, or sooner when
-        `load_finished` asks for one."""
-        with anyio.move_on_after(seconds):
+    async def next_pass(self, seconds: float) -> list[str]:
+        """Sleep until maintenance is due, and return the tables it is due for: every table
+        once `seconds` have passed since the last such round, or, sooner, those that
+        `load_finished` named. The other tables keep their pace: a pass judges whether a table
+        is loading by its growth since the previous pass, which an early one would cut short.
+        """
+        now = anyio.current_time()
+        if self._round_at is None:
+            self._round_at = now + seconds
+        with anyio.move_on_after(self._round_at - now):
             await self._pass_due.wait()
         self._pass_due = anyio.Event()
+        asked, self._asked = self._asked, set()
+        if anyio.current_time() >= self._round_at:
+            self._round_at = None
+            return list(self.tables())
+        return sorted(asked)
 
     async def _maintain(self, t: _Table) -> list[str]:
         done: list[str] = []
+        loaded, t.loaded = t.loaded, False  # before the count: it must include the whole load
         rows = int(await t.handle.count_rows())
         before, t.rows_seen = t.rows_seen, rows
-        loaded, t.loaded = t.loaded, False
         if not rows:
             return done
         existing = {index.name for index in await t.handle.list_indices()}
@@ -711,9 +734,10 @@ class LanceStore:
             if f"{column}_idx" not in existing:
                 await t.handle.create_index(column, config=kind())
                 done.append(f"built the {kind.__name__} index on {column}")
-        wanted = _partitions(rows)
-        old = t.partitions
-        build = rows >= self.policy.ann_min_rows and (old is None or wanted >= 2 * old)
+        old = t.index
+        # A new index once the table has four times the rows the old one learnt its partitions
+        # from: the rows written since were only assigned to those partitions by optimize().
+        build = rows >= self.policy.ann_min_rows and (old is None or rows >= 4 * old.rows)
         if not build and not await self._optimize_due(t):
             t.waits = 0
             return done
@@ -740,16 +764,16 @@ class LanceStore:
         if build:
             started = time.monotonic()
             t.activity = "building"
+            wanted = _partitions(rows)
+            new = _VectorIndex(f"embedding_ivf_rq_p{wanted}_r{rows}", wanted, rows)
             try:
                 config = IvfRq(distance_type="cosine", num_bits=4, num_partitions=wanted)
-                await t.handle.create_index(
-                    "embedding", config=config, name=f"{_VECTOR_INDEX}{wanted}"
-                )
+                await t.handle.create_index("embedding", config=config, name=new.name)
             finally:
                 t.activity = None
-            t.partitions = wanted  # searches use the new index from here on
+            t.index = new  # searches use the new index from here on
             if old is not None:
-                await t.handle.drop_index(f"{_VECTOR_INDEX}{old}")
+                await t.handle.drop_index(old.name)
             done.append(
                 f"built IVF_RQ with {wanted} partitions over {rows} rows "
                 f"in {time.monotonic() - started:.1f} s"
@@ -789,8 +813,7 @@ class LanceStore:
         )
         if small > self.policy.max_small_fragments:
             return True
-        name = f"{_VECTOR_INDEX}{t.partitions}" if t.partitions is not None else "id_idx"
-        return await self._outgrown(t, name)
+        return await self._outgrown(t, "id_idx" if t.index is None else t.index.name)
 
     async def _refresh_scalar_indexes(self, t: _Table) -> list[str]:
         """Before a build or optimize(): rebuild the scalar indexes if the rows outside the id
@@ -837,12 +860,12 @@ class LanceStore:
         with self._errors("index_status", table):
             rows = int(await t.handle.count_rows())
             unindexed = rows
-            if t.partitions is not None:
-                index = await t.handle.index_stats(f"{_VECTOR_INDEX}{t.partitions}")
+            if t.index is not None:
+                index = await t.handle.index_stats(t.index.name)
                 unindexed = index.num_unindexed_rows if index is not None else rows
-        kind = "exact" if t.partitions is None else "IVF_RQ"
+        kind = "exact" if t.index is None else "IVF_RQ"
         # "loading": the last pass put a due build or optimize off (see maintain).
-        idle = "loading" if t.waits else ("exact" if t.partitions is None else "indexed")
+        idle = "loading" if t.waits else ("exact" if t.index is None else "indexed")
         state = t.activity or idle
         return IndexStatus(kind, state, rows, unindexed, t.error)
 

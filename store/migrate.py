@@ -701,6 +701,10 @@ class Migrator:
                 status = await self.target.index_status(name)
                 if status.rows < self.settings.ann_min_rows:
                     continue
+                if status.state == "loading":
+                    # Still waiting to see whether the copy is over: a sidecar restarted since
+                    # the copy said so has forgotten (see _copy).
+                    await self.target.load_finished(name)
                 if status.kind == "exact" or status.state != "indexed":
                     waiting.append(f"{name} ({status.kind}, {status.state})")
                 elif status.unindexed_rows > self.settings.unindexed * status.rows:

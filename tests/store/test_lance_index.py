@@ -12,9 +12,10 @@ import lancedb
 import numpy as np
 import numpy.typing as npt
 import pytest
+from lancedb.index import IvfRq
 
 from store.base import IndexStatus, StoreError, UnknownTable
-from store.lance import IndexPolicy, LanceStore
+from store.lance import IndexPolicy, LanceStore, _partitions
 from tests.store.conftest import clustered, record, records_of
 
 pytestmark = pytest.mark.anyio
@@ -138,9 +139,41 @@ async def test_an_outgrown_index_is_replaced_by_a_new_one(tmp_path: Path) -> Non
         assert done.startswith("built IVF_RQ with 16 partitions over 4200 rows")
         table = await (await lancedb.connect_async(tmp_path)).open_table("t")
         names = [index.name for index in await table.list_indices()]
-        assert [n for n in names if n.startswith("embedding")] == ["embedding_ivf_rq_p16"]
+        assert [n for n in names if n.startswith("embedding")] == ["embedding_ivf_rq_p16_r4200"]
         assert await store.index_status("t") == IndexStatus("IVF_RQ", "indexed", 4_200, 0)
         assert (await store.search("t", vectors[4_100], 1))[0].id == "r004100"
+
+
+async def test_an_index_named_before_the_rows_were_recorded_is_kept_and_outgrown(
+    tmp_path: Path,
+) -> None:
+    vectors = clustered(4_200, 16)
+    async with LanceStore(tmp_path, SMALL) as store:
+        await store.create_table("t", dim=16)
+        await store.insert("t", records_of(vectors[:1_000]))
+    raw = await (await lancedb.connect_async(tmp_path)).open_table("t")
+    config = IvfRq(distance_type="cosine", num_bits=4, num_partitions=8)
+    await raw.create_index("embedding", config=config, name="embedding_ivf_rq_p8")
+    async with LanceStore(tmp_path, SMALL) as store:
+        # The name implies (4 x 8)^2 = 1,024 rows: the index serves and is not rebuilt at 1,000
+        assert await store.index_status("t") == IndexStatus("IVF_RQ", "indexed", 1_000, 0)
+        assert [line for line in await store.maintain("t") if "IVF_RQ" in line] == []
+        await store.insert("t", records_of(vectors[1_000:], start=1_000))
+        await store.load_finished("t")
+        assert (await store.maintain("t"))[-1].startswith("built IVF_RQ with 16 partitions")
+    raw = await (await lancedb.connect_async(tmp_path)).open_table("t")
+    names = [index.name for index in await raw.list_indices()]
+    assert [n for n in names if n.startswith("embedding")] == ["embedding_ivf_rq_p16_r4200"]
+
+
+def test_partitions_grow_as_the_square_root_of_the_rows_up_to_128() -> None:
+    assert [_partitions(n) for n in (1_000, 10_000, 100_000, 262_144, 1_000_000)] == [
+        8,
+        25,
+        79,
+        128,
+        128,
+    ]
 
 
 async def test_a_table_that_keeps_loading_is_indexed_after_max_waits(tmp_path: Path) -> None:
@@ -232,22 +265,22 @@ async def test_a_finished_load_is_indexed_at_the_next_pass_without_waiting(
             await store.load_finished("nope")
 
 
-async def test_next_pass_comes_at_once_after_a_finished_load_and_on_schedule_otherwise(
+async def test_next_pass_brings_a_finished_load_forward_and_keeps_the_others_pace(
     tmp_path: Path,
 ) -> None:
     async with LanceStore(tmp_path, SMALL) as store:
-        await store.create_table("t", dim=8)
-        with anyio.move_on_after(0.2) as scheduled:  # nothing asked: it sleeps its time
-            await store.next_pass(10)
-        assert scheduled.cancelled_caught
+        await store.create_table("a", dim=8)
+        await store.create_table("b", dim=8)
         with anyio.fail_after(1):
-            await store.next_pass(0.01)  # its own time elapses
-        await store.load_finished("t")
+            assert await store.next_pass(0.01) == ["a", "b"]  # its time is up: every table
+        await store.load_finished("a")
         with anyio.fail_after(1):
-            await store.next_pass(3600)  # asked for: at once
-        with anyio.move_on_after(0.2) as again:  # and only once
-            await store.next_pass(10)
+            assert await store.next_pass(1) == ["a"]  # asked for: at once, that table only
+        with anyio.move_on_after(0.2) as again:  # nothing asked now: the round is still due
+            await store.next_pass(1)
         assert again.cancelled_caught
+        with anyio.fail_after(5):  # the round keeps its time, not a new hour from now
+            assert await store.next_pass(3600) == ["a", "b"]
 
 
 async def test_rows_piled_up_outside_the_scalar_indexes_are_folded_in_before_the_build(

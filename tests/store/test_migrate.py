@@ -349,18 +349,54 @@ async def migrated_until(
         yield router, lance
 
 
+class Told(LanceStore):
+    """A LanceStore that notes each table's rows whenever it is told a load is over."""
+
+    def __init__(self, path: Path, policy: IndexPolicy) -> None:
+        super().__init__(path, policy)
+        self.told: list[tuple[str, int]] = []
+
+    async def load_finished(self, table: str) -> None:
+        self.told.append((table, await self.count(table)))
+        await super().load_finished(table)
+
+
 @pytest.mark.anyio
 async def test_the_copy_tells_the_target_that_each_table_is_loaded(tmp_path: Path) -> None:
     await seeded(tmp_path, n=2000)
     policy = IndexPolicy(ann_min_rows=1000, loading_rows=500)  # 2,000 rows at once: a load
     async with (
         SQLiteStore(tmp_path / "vectors.db") as sqlite,
-        LanceStore(tmp_path / "lance", policy) as lance,
+        Told(tmp_path / "lance", policy) as lance,
     ):
+        await sqlite.create_table("empty", dim=DIM)
         router = RoutedStore(sqlite, lance, on_target=False)
         await Migrator(router, INDEXED).run(stop_before="replay")
+        assert lance.told == [(TABLE, 2000), ("empty", 0)]  # each once its copy is whole
         # Untold, the first pass would wait a pass to see whether the table is still growing.
         assert (await lance.maintain(TABLE))[-1].startswith("built IVF_RQ with 11 partitions")
+
+
+@pytest.mark.anyio
+async def test_the_index_phase_tells_a_restarted_target_again(tmp_path: Path) -> None:
+    await seeded(tmp_path, n=2000)
+    policy = IndexPolicy(ann_min_rows=1000, loading_rows=500)
+    async with SQLiteStore(tmp_path / "vectors.db") as sqlite:
+        async with Told(tmp_path / "lance", policy) as lance:
+            await Migrator(RoutedStore(sqlite, lance, on_target=False), INDEXED).run(
+                stop_before="index"
+            )
+        async with Told(tmp_path / "lance", policy) as restarted:  # it has forgotten
+            assert (await restarted.maintain(TABLE))[-1].startswith("waiting: the table may")
+            migrator = Migrator(RoutedStore(sqlite, restarted, on_target=False), INDEXED)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(functools.partial(migrator.run, stop_before="verify"))
+                with anyio.fail_after(60):
+                    while not restarted.told:
+                        await anyio.sleep(0.01)
+                assert restarted.told == [(TABLE, 2000)]
+                assert (await restarted.maintain(TABLE))[-1].startswith("built IVF_RQ")
+            assert migrator.state.phase == "verify"
 
 
 @pytest.mark.anyio
