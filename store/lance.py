@@ -709,9 +709,14 @@ class LanceStore:
         once `seconds` have passed since the last such round, or, sooner, those that
         `load_finished` named. The other tables keep their pace: a pass judges whether a table
         is loading by its growth since the previous pass, which an early one would cut short.
+        A round that fell due during out-of-turn passes comes `seconds` after them.
         """
         now = anyio.current_time()
-        if self._round_at is None:
+        if self._round_at is None or self._round_at <= now:
+            # A round that fell due while passes ran out of turn (a build can take minutes)
+            # comes `seconds` after them, as after any round: straight after a migration's
+            # build it would start compacting the copy's fragments (80-100 s at 1M) while the
+            # migration waits for the index to be "indexed" rather than "optimizing".
             self._round_at = now + seconds
         with anyio.move_on_after(self._round_at - now):
             await self._pass_due.wait()

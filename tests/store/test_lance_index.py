@@ -281,6 +281,13 @@ async def test_next_pass_brings_a_finished_load_forward_and_keeps_the_others_pac
         assert again.cancelled_caught
         with anyio.fail_after(5):  # the round keeps its time, not a new hour from now
             assert await store.next_pass(3600) == ["a", "b"]
+        await store.load_finished("b")
+        with anyio.fail_after(1):
+            assert await store.next_pass(0.2) == ["b"]
+        await anyio.sleep(0.3)  # b's pass outlasts the round's time (a build)
+        with anyio.move_on_after(0.5) as after:  # so the round comes a whole interval later
+            await store.next_pass(5)
+        assert after.cancelled_caught
 
 
 async def test_rows_piled_up_outside_the_scalar_indexes_are_folded_in_before_the_build(
