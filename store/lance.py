@@ -118,6 +118,9 @@ def table_schema(dim: int) -> pa.Schema:
 
 
 _COLUMNS: Final = list(table_schema(1).names)
+# What a Record is read from: `tag_list` only serves filters (it repeats `tags`), and every
+# column read costs: leaving it out of a search took 0.35 ms off 4.9 (100K rows, IVF_RQ).
+_RECORD_COLUMNS: Final = [name for name in _COLUMNS if name != "tag_list"]
 # What `content_digest` reads, the embedding last.
 _DIGESTED: Final = [
     "id",
@@ -160,7 +163,7 @@ def _read(rows: pa.Table, dim: int) -> tuple[list[Record], _Matrix]:
     flat = rows.column("embedding").combine_chunks().flatten()  # flatten() honours slicing
     vectors = np.array(flat.to_numpy(zero_copy_only=False), np.float32).reshape(-1, dim)
     vectors.setflags(write=False)  # the records' embeddings are read-only views of it
-    text = {name: rows.column(name).to_pylist() for name in _COLUMNS if name != "embedding"}
+    text = {name: rows.column(name).to_pylist() for name in _RECORD_COLUMNS if name != "embedding"}
     records = [
         Record.from_storage(
             id=text["id"][i],
@@ -545,7 +548,7 @@ class LanceStore:
                     search = search.refine_factor(self.policy.refine_factor)
                 if where is not None:
                     search = search.where(where)
-                rows = await search.to_arrow()
+                rows = await search.select([*_RECORD_COLUMNS, "_distance"]).to_arrow()
                 records, vectors = _read(rows, t.dim)
                 exact = _exact_scores(vectors, query)
                 if len(records) < limit or limit == _MAX_LIMIT:
@@ -571,6 +574,7 @@ class LanceStore:
             for start in range(0, len(wanted), _IN_CHUNK):
                 chunk = tuple(wanted[start : start + _IN_CHUNK])
                 query = t.handle.query().where(filters.to_lance(filters.In("id", chunk)))
+                query = query.select(_RECORD_COLUMNS)
                 records, _ = _read(await query.to_arrow(), t.dim)
                 found.update((r.id, r) for r in records)
         return [found[i] for i in wanted if i in found]
@@ -605,7 +609,7 @@ class LanceStore:
         `batch_size` at a time. (A page query per batch, ``id > last ORDER BY id LIMIT n``,
         sorts the rest of the table every time: 30 s for 100K rows, quadratic beyond.)"""
         t = self._table(table)
-        async for rows in self._snapshot("export_all", t, batch_size, _COLUMNS):
+        async for rows in self._snapshot("export_all", t, batch_size, _RECORD_COLUMNS):
             batch, _ = _read(rows, t.dim)
             yield batch
 
