@@ -15,7 +15,7 @@ import pytest
 from lancedb.index import IvfRq
 
 from store.base import IndexStatus, StoreError, UnknownTable
-from store.lance import IndexPolicy, LanceStore, _partitions
+from store.lance import IndexPolicy, LanceStore, _filtered_probes, _partitions
 from tests.store.conftest import clustered, record, records_of
 
 pytestmark = pytest.mark.anyio
@@ -24,10 +24,11 @@ SMALL = IndexPolicy(ann_min_rows=1_000)
 
 
 def exact_top(
-    vectors: npt.NDArray[np.float32], query: npt.NDArray[np.float32], k: int
+    vectors: npt.NDArray[np.float32], query: npt.NDArray[np.float32], k: int, *, start: int = 0
 ) -> list[str]:
+    """The ids of the `k` unit rows nearest `query`, the rows numbered from `start`."""
     scores = vectors.astype(np.float64) @ query.astype(np.float64)
-    return [f"r{i:06d}" for i in np.argsort(-scores, kind="stable")[:k]]
+    return [f"r{start + i:06d}" for i in np.argsort(-scores, kind="stable")[:k]]
 
 
 async def test_a_small_table_stays_exact_and_gets_its_scalar_indexes(tmp_path: Path) -> None:
@@ -174,6 +175,14 @@ def test_partitions_grow_as_the_square_root_of_the_rows_up_to_128() -> None:
         128,
         128,
     ]
+
+
+def test_a_filtered_search_probes_partitions_enough_to_hold_the_pool() -> None:
+    # 128 partitions, a pool of 5,000 rows: exact up to 5,000 matches, then more probes the
+    # sparser the matches, never fewer than an unfiltered search's 32 nor more than all.
+    assert [_filtered_probes(128, m, 5_000) for m in (10, 5_000, 5_001)] == [None, None, 128]
+    assert [_filtered_probes(128, m, 5_000) for m in (10_000, 20_000, 500_000)] == [64, 32, 32]
+    assert _filtered_probes(79, 10_000, 5_000) == 40
 
 
 async def test_a_table_that_keeps_loading_is_indexed_after_max_waits(tmp_path: Path) -> None:
@@ -351,17 +360,43 @@ async def test_selective_filters_are_answered_exactly_and_others_through_the_ind
     feeds = [i for i in range(3_000) if i % 100 == 0]
     query = clustered(1, 32, seed=9)[0]
     expected = [f"r{i:06d}" for i in sorted(feeds, key=lambda i: -float(vectors[i] @ query))]
-    for policy in (SMALL, IndexPolicy(ann_min_rows=1_000, exact_filter_rows=0)):
-        async with LanceStore(tmp_path / str(policy.exact_filter_rows), policy) as store:
+    for policy in (SMALL, IndexPolicy(ann_min_rows=1_000, filter_pool=0)):
+        async with LanceStore(tmp_path / str(policy.filter_pool), policy) as store:
             await store.create_table("t", dim=32)
             await store.insert("t", records_of(vectors))
             await store.maintain("t")
             hits = await store.search("t", query, 5, filter="source_type = 'feed'")
-            if policy.exact_filter_rows:
+            if policy.filter_pool:
                 assert [h.id for h in hits] == expected[:5]  # 30 rows match: compared exactly
             else:
                 assert len(hits) == 5
                 assert {h.id for h in hits} <= set(expected)
+
+
+async def test_a_filter_whose_rows_lie_in_unprobed_partitions_is_answered_exactly(
+    tmp_path: Path,
+) -> None:
+    # 36,000 rows around +e0 and 4,000 around -e0: 50 partitions, of which a query at +e0
+    # probes the 32 nearest, none of them -e0's. Ten of the far rows match the filter.
+    rng = np.random.default_rng(5)
+    near = np.eye(8, dtype=np.float32)[0] + rng.normal(0, 0.3, (36_000, 8)).astype(np.float32)
+    far = -np.eye(8, dtype=np.float32)[0] + rng.normal(0, 0.3, (4_000, 8)).astype(np.float32)
+    vectors = np.concatenate([near, far])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    rows = [
+        record(f"r{i:06d}", v, source_type="far" if i >= 39_990 else "page")
+        for i, v in enumerate(vectors)
+    ]
+    query = np.eye(8, dtype=np.float32)[0]
+    # filter_pool 0: the index would answer however few rows match.
+    async with LanceStore(tmp_path, IndexPolicy(ann_min_rows=1_000, filter_pool=0)) as store:
+        await store.create_table("t", dim=8)
+        await store.insert("t", rows)
+        await store.load_finished("t")  # else a first pass over 40,000 rows waits for more
+        await store.maintain("t")
+        assert (await store.index_status("t")).kind == "IVF_RQ"
+        hits = await store.search("t", query, 3, filter="source_type = 'far'")
+    assert [h.id for h in hits] == exact_top(vectors[39_990:], query, 3, start=39_990)
 
 
 def damage_newest_manifest(table_dir: Path, content: bytes) -> Path:
