@@ -549,7 +549,9 @@ class LanceStore:
             matching = None
             if t.index is not None and where is not None:
                 matching = await t.handle.count_rows(where)  # the scalar indexes count them
-                probes = _filtered_probes(t.index.partitions, matching, self.policy.filter_pool)
+                # The pool must hold the candidates asked for: a larger top_k needs more.
+                pool = max(self.policy.filter_pool, limit)
+                probes = _filtered_probes(t.index.partitions, matching, pool)
             while True:
                 search = t.handle.vector_search(query).distance_type("cosine").limit(limit)
                 if probes is None:

@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from lancedb.index import IvfRq
+from lancedb.query import AsyncVectorQuery
 
 from store.base import IndexStatus, StoreError, UnknownTable
 from store.lance import IndexPolicy, LanceStore, _filtered_probes, _partitions
@@ -353,8 +354,27 @@ async def test_optimize_compacts_small_fragments_and_removes_old_versions(tmp_pa
         assert (await store.search("t", [1, 9, 0, 0], 1))[0].id == "r9"
 
 
+def query_paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """How each LanceDB vector query of the test goes, as it is built: "exact" (every row
+    compared) or "nprobes N" (through the index)."""
+    paths: list[str] = []
+    nprobes, bypass = AsyncVectorQuery.nprobes, AsyncVectorQuery.bypass_vector_index
+
+    def probing(query: AsyncVectorQuery, n: int) -> AsyncVectorQuery:
+        paths.append(f"nprobes {n}")
+        return nprobes(query, n)
+
+    def exact(query: AsyncVectorQuery) -> AsyncVectorQuery:
+        paths.append("exact")
+        return bypass(query)
+
+    monkeypatch.setattr(AsyncVectorQuery, "nprobes", probing)
+    monkeypatch.setattr(AsyncVectorQuery, "bypass_vector_index", exact)
+    return paths
+
+
 async def test_selective_filters_are_answered_exactly_and_others_through_the_index(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     vectors = clustered(3_000, 32)
     feeds = [i for i in range(3_000) if i % 100 == 0]
@@ -365,19 +385,24 @@ async def test_selective_filters_are_answered_exactly_and_others_through_the_ind
             await store.create_table("t", dim=32)
             await store.insert("t", records_of(vectors))
             await store.maintain("t")
+            paths = query_paths(monkeypatch)
             hits = await store.search("t", query, 5, filter="source_type = 'feed'")
+            monkeypatch.undo()
             if policy.filter_pool:
-                assert [h.id for h in hits] == expected[:5]  # 30 rows match: compared exactly
+                assert paths == ["exact"]  # 30 rows match
+                assert [h.id for h in hits] == expected[:5]
             else:
+                assert paths == ["nprobes 14"]  # every one of the 14 partitions
                 assert len(hits) == 5
                 assert {h.id for h in hits} <= set(expected)
 
 
 async def test_a_filter_whose_rows_lie_in_unprobed_partitions_is_answered_exactly(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 36,000 rows around +e0 and 4,000 around -e0: 50 partitions, of which a query at +e0
-    # probes the 32 nearest, none of them -e0's. Ten of the far rows match the filter.
+    # probes the 35 nearest (enough to hold 7 of the 10 matching rows, were they spread
+    # evenly), none of them -e0's. Ten of the far rows match the filter.
     rng = np.random.default_rng(5)
     near = np.eye(8, dtype=np.float32)[0] + rng.normal(0, 0.3, (36_000, 8)).astype(np.float32)
     far = -np.eye(8, dtype=np.float32)[0] + rng.normal(0, 0.3, (4_000, 8)).astype(np.float32)
@@ -395,7 +420,9 @@ async def test_a_filter_whose_rows_lie_in_unprobed_partitions_is_answered_exactl
         await store.load_finished("t")  # else a first pass over 40,000 rows waits for more
         await store.maintain("t")
         assert (await store.index_status("t")).kind == "IVF_RQ"
+        paths = query_paths(monkeypatch)
         hits = await store.search("t", query, 3, filter="source_type = 'far'")
+    assert paths == ["nprobes 35", "exact"]  # the index found none of them
     assert [h.id for h in hits] == exact_top(vectors[39_990:], query, 3, start=39_990)
 
 
