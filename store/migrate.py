@@ -445,9 +445,10 @@ class Migrator:
             await self._ensure_table(name, progress.dim)
             if not progress.done:
                 await self._copy_table(name, progress)
-            # Else the sidecar indexes the table only once it has seen it stop growing, 10-20 s
-            # later at 1M rows, and the replay that comes next upserts against an `id` index
-            # that covers none of the copied rows (bench/migrate.py).
+            # Said for every table, copied now or before a restart: without it the sidecar
+            # indexes a table only once it has seen it stop growing, 10-20 s later at 1M rows,
+            # and the replay that comes next upserts against an `id` index that covers none of
+            # the copied rows (bench/migrate.py).
             await self.target.load_finished(name)
 
     async def _copy_table(self, name: str, progress: TableProgress) -> None:
