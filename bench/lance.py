@@ -8,9 +8,11 @@ Data: bench/store.py's Gaussian mixture in 768 dimensions (fixed seed); 1% of ro
 (``python -m store serve --backend lance``) is filled through `HTTPStore` in batches of 1,000,
 then left to its own maintenance loop to build its indexes while searches keep running against
 it. Then: search p50 and recall@10 (against numpy's exact top-10), the same with the 1% filter,
-the sidecar's peak RSS, and the hop's cost (the same searches in-process on the same
-directory). Beside them, on the same data and queries: SQLiteStore's exact search and a faiss
-HNSW index. Every figure is printed next to its target; the exit status is 0 whatever they are.
+the sidecar's peak RSS, and the hop's cost: per search, the round trip minus the sidecar's
+own time (its Server-Timing header); beside it, the p50 of the same searches run in-process
+on the same directory after the sidecar stops. Beside them, on the same data and queries:
+SQLiteStore's exact search and a faiss HNSW index. Every figure is printed next to its
+target; the exit status is 0 whatever they are.
 """
 
 from __future__ import annotations
@@ -75,20 +77,32 @@ def filtered_recall(data: F32, rare: np.ndarray, query: F32, found: list[int]) -
 
 
 async def timed_searches(
-    store: Any, queries: F32, data: F32, *, filter: str | None = None
+    store: Any,
+    queries: F32,
+    data: F32,
+    *,
+    filter: str | None = None,
+    hops: list[float] | None = None,
 ) -> tuple[float, float]:
-    """(p50 ms, mean recall@10) of `queries` against `store`."""
-    latencies, recalls = [], []
-    rare = np.arange(0, len(data), 100)
+    """(p50 ms, mean recall@10) of `queries` against `store`; with `hops`, an `HTTPStore`'s
+    round trip minus the sidecar's own time (its Server-Timing) is added there per search."""
+    latencies, answers = [], []
     for q in queries:
         started = time.perf_counter()
         hits = await store.search(TABLE, q, TOP_K, filter=filter)
         latencies.append(time.perf_counter() - started)
-        found = [row(h.id) for h in hits]
-        if filter is None:
-            recalls.append(recall_hits(data, q, found, TOP_K) / TOP_K)
-        else:
-            recalls.append(filtered_recall(data, rare, q, found))
+        if hops is not None:
+            hops.append(latencies[-1] - store.server_ms / 1000)
+        answers.append([row(h.id) for h in hits])
+    # Recall once the clock has stopped: numpy's exact search is heavy, and BLAS threads still
+    # spinning after it would take the cores from the next search.
+    rare = np.arange(0, len(data), 100)
+    recalls = [
+        recall_hits(data, q, found, TOP_K) / TOP_K
+        if filter is None
+        else filtered_recall(data, rare, q, found)
+        for q, found in zip(queries, answers, strict=True)
+    ]
     return p50_ms(latencies), statistics.fmean(recalls)
 
 
@@ -157,19 +171,24 @@ async def measure_sidecar(
         HTTPStore(sidecar.url, secret=sidecar.secret, timeout=600) as store,
     ):
         await timed_searches(store, queries[:5], data)  # warm the index's caches
-        f["search_p50_ms"], f["recall_at_10"] = await timed_searches(store, queries, data)
+        hops: list[float] = []
+        f["search_p50_ms"], f["recall_at_10"] = await timed_searches(
+            store, queries, data, hops=hops
+        )
+        f["hop_ms"] = p50_ms(hops)
         f["filtered_p50_ms"], f["filtered_recall"] = await timed_searches(
             store, queries, data, filter=RARE
         )
         f["sidecar_rss_mb"], f["sidecar_peak_rss_mb"] = rss_mb(sidecar.pid)
 
-    # The hop: the same searches in this process, on the directory the sidecar left.
+    # The hop measured the other way: the same searches in this process, on the directory the
+    # sidecar left. It also takes in how two runs of the same searches differ.
     from store.lance import IndexPolicy, LanceStore  # noqa: PLC0415 - only here, ~3.6 s
 
     async with LanceStore(directory / "lance", IndexPolicy(ann_min_rows=ann_min_rows)) as local:
         await timed_searches(local, queries[:5], data)
         f["in_process_p50_ms"], _ = await timed_searches(local, queries, data)
-    f["hop_ms"] = f["search_p50_ms"] - f["in_process_p50_ms"]
+    f["hop_vs_in_process_ms"] = f["search_p50_ms"] - f["in_process_p50_ms"]
 
 
 async def measure_sqlite(directory: Path, data: F32, queries: F32, result: SizeResult) -> None:
@@ -193,12 +212,15 @@ def measure_hnsw(data: F32, queries: F32, result: SizeResult) -> None:
     index.add(data)
     f["hnsw_build_s"] = time.perf_counter() - started
     index.hnsw.efSearch = 64
-    latencies, recalls = [], []
+    latencies, answers = [], []
     for q in queries:
         t0 = time.perf_counter()
         _, ids = index.search(q[None, :], TOP_K)
         latencies.append(time.perf_counter() - t0)
-        recalls.append(recall_hits(data, q, [int(i) for i in ids[0]], TOP_K) / TOP_K)
+        answers.append([int(i) for i in ids[0]])
+    recalls = [
+        recall_hits(data, q, a, TOP_K) / TOP_K for q, a in zip(queries, answers, strict=True)
+    ]
     f["hnsw_p50_ms"], f["hnsw_recall"] = p50_ms(latencies), statistics.fmean(recalls)
 
 
@@ -233,7 +255,10 @@ def targets() -> list[Target]:
         return check
 
     def hop(f: dict[str, float]) -> tuple[str, str, bool | None]:
-        shown = f"{f['hop_ms']:.2f} ms ({f['search_p50_ms']:.1f} vs {f['in_process_p50_ms']:.1f})"
+        shown = (
+            f"{f['hop_ms']:.2f} ms per search; {f['hop_vs_in_process_ms']:.2f} ms between runs "
+            f"({f['search_p50_ms']:.1f} vs {f['in_process_p50_ms']:.1f} in-process)"
+        )
         return shown, "≤ 2 ms", f["hop_ms"] <= 2
 
     def insert(f: dict[str, float]) -> tuple[str, str, bool | None]:

@@ -24,7 +24,9 @@ Security: a request whose Host header is not allow-listed gets 403 before anythi
 looked at (DNS rebinding); then every request, ``/health`` included, needs
 ``Authorization: Bearer <secret>``, compared in constant time, else 401. Errors are
 ``{"error": {"code", "message", ...}}`` with the structured fields of the `StoreError`
-subclass, which `HTTPStore` raises again as the same class with the same message.
+subclass, which `HTTPStore` raises again as the same class with the same message. A search's
+answer says how long the store itself took, ``Server-Timing: search;dur=<ms>``, so the hop's
+cost can be told from the store's.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import ipaddress
 import json
 import logging
 import socket
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Final, Protocol, Self, TypeVar
@@ -463,8 +466,13 @@ def create_app(store: ServedStore, *, secret: str, allowed_hosts: set[str]) -> A
         text = body.get("filter")
         if text is not None and not isinstance(text, str):
             raise _BadRequestError(f"filter: expected a string or null, got {type(text).__name__}")
+        started = time.perf_counter()
         hits = await store.search(request.path_params["table"], vector, top_k, text or None)  # type: ignore[arg-type]
-        return await respond(request, hits, "results")
+        took = time.perf_counter() - started
+        response = await respond(request, hits, "results")
+        # The store's own time, so a client can tell it from the hop's (bench/lance.py does).
+        response.headers["Server-Timing"] = f"search;dur={took * 1000:.3f}"
+        return response
 
     async def get_by_ids(request: Request) -> Response:
         ids = _field(await _body(request), "ids", list)
@@ -586,6 +594,15 @@ def _retryable() -> tuple[type[httpx.HTTPError], ...]:
     return (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ConnectTimeout)
 
 
+def _server_ms(header: str) -> float | None:
+    """The duration in a ``Server-Timing: search;dur=5.8`` header, or None."""
+    _, found, rest = header.partition("dur=")
+    try:
+        return float(rest.split(";")[0].split(",")[0]) if found else None
+    except ValueError:
+        return None
+
+
 class HTTPStore:
     """A `VectorStore` served by a sidecar at `base_url` (``http://127.0.0.1:PORT``).
 
@@ -614,6 +631,9 @@ class HTTPStore:
         self._client: httpx.AsyncClient | None = None
         self._tables: dict[str, int] = {}
         self._closed = False
+        # The store's own milliseconds for the last answer: a search's Server-Timing, else None.
+        # The round trip minus this is the hop's cost (bench/lance.py reports it).
+        self.server_ms: float | None = None
 
     def __repr__(self) -> str:
         return f"HTTPStore({self.base_url!r})"  # never the secret
@@ -711,6 +731,7 @@ class HTTPStore:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _decode(self, response: httpx.Response, operation: str) -> Any:
+        self.server_ms = _server_ms(response.headers.get("server-timing", ""))
         try:
             answer = await _offload(len(response.content), response.json)
         except ValueError:

@@ -10,9 +10,11 @@ import base64
 import ipaddress
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -372,6 +374,23 @@ async def test_vectors_as_json_arrays_or_base64_either_way(sidecar: Sidecar) -> 
         refused = await client.post("/tables/t/records", json=[bad])
         assert refused.status_code == 400
         assert "embedding" in refused.json()["error"]["message"]
+
+
+async def test_a_search_says_how_long_the_store_took(sidecar: Sidecar) -> None:
+    async with raw_client(sidecar) as client:
+        await client.post("/tables", json={"name": "t", "dim": 2})
+        await client.post("/tables/t/records", json=[seed_record("a", [1.0, 0.0], [])])
+        answer = await client.post("/tables/t/search", json={"vector": [1, 0], "topK": 1})
+        assert re.fullmatch(r"search;dur=\d+\.\d{3}", answer.headers["server-timing"])
+    async with HTTPStore(sidecar.url, secret=sidecar.secret) as store:
+        started = time.perf_counter()
+        [hit] = await store.search("t", [1, 0], 1)
+        round_trip = time.perf_counter() - started
+        assert hit.id == "a"
+        assert store.server_ms is not None
+        assert 0 <= store.server_ms / 1000 <= round_trip  # the store's part of the round trip
+        await store.count("t")
+        assert store.server_ms is None  # only searches report it
 
 
 async def test_tables_are_listed_and_cached(sidecar: Sidecar) -> None:
