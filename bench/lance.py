@@ -92,6 +92,8 @@ async def timed_searches(
         hits = await store.search(TABLE, q, TOP_K, filter=filter)
         latencies.append(time.perf_counter() - started)
         if hops is not None:
+            if store.server_ms is None:
+                raise RuntimeError("the sidecar's answer had no Server-Timing header")
             hops.append(latencies[-1] - store.server_ms / 1000)
         answers.append([row(h.id) for h in hits])
     # Recall once the clock has stopped: numpy's exact search is heavy, and BLAS threads still
@@ -218,6 +220,7 @@ def measure_hnsw(data: F32, queries: F32, result: SizeResult) -> None:
         _, ids = index.search(q[None, :], TOP_K)
         latencies.append(time.perf_counter() - t0)
         answers.append([int(i) for i in ids[0]])
+    # After the clock stops, as in timed_searches.
     recalls = [
         recall_hits(data, q, a, TOP_K) / TOP_K for q, a in zip(queries, answers, strict=True)
     ]

@@ -38,6 +38,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import re
 import socket
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
@@ -594,13 +595,13 @@ def _retryable() -> tuple[type[httpx.HTTPError], ...]:
     return (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ConnectTimeout)
 
 
+_SEARCH_TIMING: Final = re.compile(r"(?:^|,)\s*search\s*;\s*dur\s*=\s*(\d+(?:\.\d+)?)")
+
+
 def _server_ms(header: str) -> float | None:
-    """The duration in a ``Server-Timing: search;dur=5.8`` header, or None."""
-    _, found, rest = header.partition("dur=")
-    try:
-        return float(rest.split(";")[0].split(",")[0]) if found else None
-    except ValueError:
-        return None
+    """The search's duration in a ``Server-Timing: search;dur=5.8`` header, or None."""
+    found = _SEARCH_TIMING.search(header)
+    return float(found.group(1)) if found else None
 
 
 class HTTPStore:
@@ -631,8 +632,9 @@ class HTTPStore:
         self._client: httpx.AsyncClient | None = None
         self._tables: dict[str, int] = {}
         self._closed = False
-        # The store's own milliseconds for the last answer: a search's Server-Timing, else None.
-        # The round trip minus this is the hop's cost (bench/lance.py reports it).
+        # The store's own milliseconds for the last call: a search's Server-Timing, else None.
+        # The round trip minus this is the hop's cost (bench/lance.py reports it). With calls
+        # in flight from several tasks at once, it is whichever answered last.
         self.server_ms: float | None = None
 
     def __repr__(self) -> str:
@@ -707,6 +709,7 @@ class HTTPStore:
         import httpx  # noqa: PLC0415 - see the import at the top
 
         client = self._http()
+        self.server_ms = None
         if body is not None:
             content = (await _offload(size, lambda: _dumps(body)), "application/json")
         attempts = 1 + (self._retries if idempotent else 0)
@@ -901,6 +904,7 @@ class HTTPStore:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidQuery(f"batch_size: expected a positive integer, got {batch_size!r}")
         request = self._http().build_request("GET", path, params={"batch_size": batch_size})
+        self.server_ms = None
         for attempt in range(1 + self._retries):
             try:
                 response = await self._http().send(request, stream=True)

@@ -41,6 +41,7 @@ from store.columns import Columns
 from store.http import (
     RECORDS_BINARY,
     HTTPStore,
+    _server_ms,
     columns_from_binary,
     columns_to_binary,
     error_body,
@@ -378,19 +379,44 @@ async def test_vectors_as_json_arrays_or_base64_either_way(sidecar: Sidecar) -> 
 
 async def test_a_search_says_how_long_the_store_took(sidecar: Sidecar) -> None:
     async with raw_client(sidecar) as client:
-        await client.post("/tables", json={"name": "t", "dim": 2})
-        await client.post("/tables/t/records", json=[seed_record("a", [1.0, 0.0], [])])
+        created = await client.post("/tables", json={"name": "t", "dim": 2})
+        assert created.status_code == 201, created.text
+        added = await client.post("/tables/t/records", json=[seed_record("a", [1.0, 0.0], [])])
+        assert added.status_code == 200, added.text
         answer = await client.post("/tables/t/search", json={"vector": [1, 0], "topK": 1})
         assert re.fullmatch(r"search;dur=\d+\.\d{3}", answer.headers["server-timing"])
     async with HTTPStore(sidecar.url, secret=sidecar.secret) as store:
         started = time.perf_counter()
         [hit] = await store.search("t", [1, 0], 1)
         round_trip = time.perf_counter() - started
+        took = store.server_ms
         assert hit.id == "a"
-        assert store.server_ms is not None
-        assert 0 <= store.server_ms / 1000 <= round_trip  # the store's part of the round trip
+        assert took is not None
+        assert 0 <= took / 1000 <= round_trip  # the store's part of the round trip
+        timings = []
         await store.count("t")
-        assert store.server_ms is None  # only searches report it
+        timings.append(store.server_ms)  # only searches report it
+        await store.search("t", [1, 0], 1)
+        assert [r async for r in store.export_all("t")]
+        timings.append(store.server_ms)  # a streamed call resets it too
+        assert timings == [None, None]
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("search;dur=5.800", 5.8),
+        ("db;dur=1, search;dur=5", 5.0),
+        ("search ; dur = 12", 12.0),
+        ("db;dur=1", None),
+        ("research;dur=3", None),
+        ("search;dur=nan", None),
+        ("search;dur=-1", None),
+        ("", None),
+    ],
+)
+def test_only_the_search_timing_is_read(header: str, expected: float | None) -> None:
+    assert _server_ms(header) == expected
 
 
 async def test_tables_are_listed_and_cached(sidecar: Sidecar) -> None:
