@@ -187,8 +187,9 @@ def test_kill_9_of_daemon_and_sidecar_across_the_migration_loses_and_doubles_not
                 wait_sidecar(daemon)
             time.sleep(rng.uniform(0.0, 3.0))
             phase = phase_of(daemon)
-            if phase == "done" and left > 4 and rng.random() < 0.5:
-                # Around again: kills keep landing in the early phases too.
+            if phase == "done" and left > 2:
+                # Around again, every time: on a fast machine the migration is often over
+                # before the next kill, and the kills must keep landing in the early phases.
                 assert post(daemon, "/migration/rollback") == 200
                 assert post(daemon, "/migration", {}) == 202
                 phase = phase_of(daemon)
